@@ -1,0 +1,32 @@
+# dschat_add_plugin(NAME SOURCES ... [LIBRARIES ...] [DEFINITIONS ...] [OUTPUT_DIRECTORY dir])
+#
+# Builds one plugin library the way the host expects: a MODULE library with hidden visibility, no undefined
+# symbols (-z defs), LibTorch and the SDK linked dynamically. In-tree plugins and third-party plugins built
+# against the installed SDK (find_package(dschat)) use this same function.
+function(dschat_add_plugin NAME)
+  cmake_parse_arguments(ARG "" "OUTPUT_DIRECTORY" "SOURCES;LIBRARIES;DEFINITIONS" ${ARGN})
+  if(NOT ARG_SOURCES)
+    message(FATAL_ERROR "dschat_add_plugin(${NAME}): SOURCES is required")
+  endif()
+  set(target dschat_plugin_${NAME})
+  add_library(${target} MODULE ${ARG_SOURCES})
+  set_target_properties(${target} PROPERTIES
+    OUTPUT_NAME "dschat-${NAME}"
+    PREFIX "lib"
+    CXX_VISIBILITY_PRESET hidden
+    VISIBILITY_INLINES_HIDDEN ON)
+  if(ARG_OUTPUT_DIRECTORY)
+    set_target_properties(${target} PROPERTIES LIBRARY_OUTPUT_DIRECTORY ${ARG_OUTPUT_DIRECTORY})
+  elseif(DEFINED DSCHAT_PLUGIN_OUTPUT_DIR)
+    set_target_properties(${target} PROPERTIES LIBRARY_OUTPUT_DIRECTORY ${DSCHAT_PLUGIN_OUTPUT_DIR})
+  endif()
+  target_link_libraries(${target} PRIVATE dschat::sdk ${ARG_LIBRARIES})
+  target_compile_definitions(${target} PRIVATE ${ARG_DEFINITIONS})
+  target_link_options(${target} PRIVATE -Wl,-z,defs)
+  if(TARGET dschat_sdk AND DSCHAT_PCH AND NOT ARG_DEFINITIONS)
+    target_precompile_headers(${target} REUSE_FROM dschat_sdk)
+  endif()
+  if(TARGET dschat_sdk)  # in-tree: installed beside the host
+    install(TARGETS ${target} LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR}/dschat/plugins)
+  endif()
+endfunction()
