@@ -1,10 +1,166 @@
 #include "dschat/framework/cli.h"
 
+#include <fstream>
 #include <iostream>
 
+#include <boost/program_options.hpp>
+#include <fmt/format.h>
+
+#include "dschat/framework/pipeline.h"
+#include "dschat/framework/registry.h"
+#include "dschat/framework/runner.h"
+
+namespace po = boost::program_options;
+
 namespace dschat {
-int cli_main(int, char**) {
-  std::cerr << "dschat: not yet wired\n";
-  return 2;
+
+namespace {
+
+constexpr int kExitOk = 0;
+constexpr int kExitFailure = 1;
+constexpr int kExitUsage = 2;
+
+const char* kTopUsage = R"(usage: dschat <command> [options]
+
+commands:
+  run FILE        run a pipeline (SFT -> reward model -> PPO, as the file says)
+  validate FILE   check a pipeline file, its files and its plugins; do nothing else
+  plugins         list the plugins found, with version, file and status
+  generate        (see `dschat generate --help`)
+
+options:
+  --version       print dschat's version, the LibTorch version and the build fingerprint
+  -h, --help      this message; `dschat <command> --help` for a command's options
+
+exit codes: 0 success, 2 usage or configuration error, 1 failure while running
+)";
+
+struct UsageError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+// Parses a sub-command's arguments; returns nullopt after printing --help.
+std::optional<po::variables_map> parse_command(const std::string& command, const po::options_description& options,
+                                               const po::positional_options_description& positional,
+                                               const std::vector<std::string>& args, const std::string& synopsis) {
+  po::options_description all;
+  all.add(options).add_options()("help,h", "show this help");
+  po::variables_map vm;
+  try {
+    po::store(po::command_line_parser(args).options(all).positional(positional).run(), vm);
+    if (vm.count("help")) {
+      std::cout << "usage: dschat " << command << " " << synopsis << "\n\n" << all << "\n";
+      return std::nullopt;
+    }
+    po::notify(vm);
+  } catch (const po::error& e) {
+    throw UsageError(fmt::format("dschat {}: {}\nusage: dschat {} {}", command, e.what(), command, synopsis));
+  }
+  return vm;
 }
+
+po::options_description pipeline_options() {
+  po::options_description options("options");
+  options.add_options()("file", po::value<std::string>()->required(), "pipeline file (TOML)")(
+      "set", po::value<std::vector<std::string>>()->composing(),
+      "override a key, e.g. --set stage.rlhf.lr=1e-6 (repeatable; value in TOML syntax)");
+  return options;
+}
+
+int command_validate(const std::vector<std::string>& args, bool run, bool dry_run_allowed) {
+  auto options = pipeline_options();
+  if (dry_run_allowed) options.add_options()("dry-run", "validate and print the plan; run nothing");
+  po::positional_options_description positional;
+  positional.add("file", 1);
+  std::string command = run ? "run" : "validate";
+  auto vm = parse_command(command, options, positional, args, "FILE [--set key.path=value ...]" +
+                                                                  std::string(run ? " [--dry-run]" : ""));
+  if (!vm) return kExitOk;
+  std::vector<std::string> overrides;
+  if (vm->count("set")) overrides = (*vm)["set"].as<std::vector<std::string>>();
+
+  PluginRegistry registry;
+  Pipeline pipeline;
+  try {
+    pipeline = load_pipeline((*vm)["file"].as<std::string>(), overrides, registry);
+  } catch (const ConfigError& e) {
+    std::cerr << "error: " << e.what() << "\n";
+    return kExitUsage;
+  } catch (const PluginError& e) {
+    std::cerr << "error: " << e.what() << "\n";
+    return kExitUsage;
+  }
+  if (!run) {
+    std::cout << "ok: " << (*vm)["file"].as<std::string>() << " is valid\n" << pipeline.describe();
+    return kExitOk;
+  }
+  if (vm->count("dry-run")) {
+    std::cout << "dry run: nothing will be executed\n" << pipeline.describe();
+    return kExitOk;
+  }
+  return run_pipeline(pipeline, registry) ? kExitOk : kExitFailure;
+}
+
+int command_plugins(const std::vector<std::string>& args) {
+  po::options_description options("options");
+  options.add_options()("json", "print the table as JSON")(
+      "path", po::value<std::vector<std::string>>()->composing(),
+      "extra plugin folder or file, searched first (repeatable)");
+  po::positional_options_description positional;
+  auto vm = parse_command("plugins", options, positional, args, "[--json] [--path DIR ...]");
+  if (!vm) return kExitOk;
+  std::vector<std::filesystem::path> extra;
+  if (vm->count("path"))
+    for (const auto& p : (*vm)["path"].as<std::vector<std::string>>()) extra.emplace_back(p);
+  PluginRegistry registry;
+  registry.discover(PluginRegistry::search_paths(extra));
+  std::cout << (vm->count("json") ? registry.table_json() + "\n" : registry.table_text());
+  return kExitOk;
+}
+
+void print_version() {
+  auto fp = this_build_fingerprint();
+  std::cout << fmt::format("dschat {} (plugin ABI {}.{})\n", DSCHAT_VERSION, DSCHAT_ABI_MAJOR, DSCHAT_ABI_MINOR)
+            << fmt::format("LibTorch {}\n", fp.torch_version)
+            << fmt::format("build fingerprint: torch_version={} cxx11_abi={} compiler=\"{}\" libstdcxx_release={} cuda={}\n",
+                           fp.torch_version, fp.cxx11_abi, fp.compiler, fp.libstdcxx_release, fp.cuda);
+}
+
+}  // namespace
+
+int cli_main(int argc, char** argv) {
+  std::vector<std::string> args(argv + 1, argv + argc);
+  if (args.empty()) {
+    std::cerr << kTopUsage;
+    return kExitUsage;
+  }
+  const std::string command = args.front();
+  std::vector<std::string> rest(args.begin() + 1, args.end());
+  try {
+    if (command == "--help" || command == "-h" || command == "help") {
+      std::cout << kTopUsage;
+      return kExitOk;
+    }
+    if (command == "--version" || command == "version") {
+      print_version();
+      return kExitOk;
+    }
+    if (command == "run") return command_validate(rest, /*run=*/true, /*dry_run_allowed=*/true);
+    if (command == "validate") return command_validate(rest, /*run=*/false, /*dry_run_allowed=*/false);
+    if (command == "plugins") return command_plugins(rest);
+    if (auto it = extra_commands().find(command); it != extra_commands().end()) return it->second(rest);
+    std::cerr << fmt::format("dschat: unknown command '{}'\n\n{}", command, kTopUsage);
+    return kExitUsage;
+  } catch (const UsageError& e) {
+    std::cerr << e.what() << "\n";
+    return kExitUsage;
+  } catch (const ConfigError& e) {
+    std::cerr << "error: " << e.what() << "\n";
+    return kExitUsage;
+  } catch (const std::exception& e) {
+    std::cerr << "error: " << e.what() << "\n";
+    return kExitFailure;
+  }
+}
+
 }  // namespace dschat

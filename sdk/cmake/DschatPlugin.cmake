@@ -1,10 +1,10 @@
-# dschat_add_plugin(NAME SOURCES ... [LIBRARIES ...] [DEFINITIONS ...] [OUTPUT_DIRECTORY dir])
+# dschat_add_plugin(NAME SOURCES ... [LIBRARIES ...] [DEFINITIONS ...] [OUTPUT_DIRECTORY dir] [NO_INSTALL])
 #
 # Builds one plugin library the way the host expects: a MODULE library with hidden visibility, no undefined
 # symbols (-z defs), LibTorch and the SDK linked dynamically. In-tree plugins and third-party plugins built
 # against the installed SDK (find_package(dschat)) use this same function.
 function(dschat_add_plugin NAME)
-  cmake_parse_arguments(ARG "" "OUTPUT_DIRECTORY" "SOURCES;LIBRARIES;DEFINITIONS" ${ARGN})
+  cmake_parse_arguments(ARG "NO_INSTALL" "OUTPUT_DIRECTORY" "SOURCES;LIBRARIES;DEFINITIONS" ${ARGN})
   if(NOT ARG_SOURCES)
     message(FATAL_ERROR "dschat_add_plugin(${NAME}): SOURCES is required")
   endif()
@@ -26,7 +26,7 @@ function(dschat_add_plugin NAME)
   if(TARGET dschat_sdk AND DSCHAT_PCH AND NOT ARG_DEFINITIONS)
     target_precompile_headers(${target} REUSE_FROM dschat_sdk)
   endif()
-  if(TARGET dschat_sdk)  # in-tree: installed beside the host
+  if(TARGET dschat_sdk AND NOT ARG_NO_INSTALL)  # in-tree: installed beside the host
     install(TARGETS ${target} LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR}/dschat/plugins)
   endif()
 endfunction()

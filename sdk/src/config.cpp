@@ -174,7 +174,7 @@ void ConfigDocument::apply_override(const std::string& assignment) {
     }
     table = next->as_table();
     if (table == nullptr)
-      throw ConfigError(where, path, fmt::format("'{}' is a {}, not a table", walked, toml_type_name(*next)));
+      throw ConfigError(where, path, fmt::format("'{}' is a value of type {}, not a table", walked, toml_type_name(*next)));
   }
 
   // Parse the value as TOML; a bare word that is not valid TOML is taken as a string (--set strategy.plugin=ddp).

@@ -50,7 +50,7 @@ struct dschat_build_fingerprint {
 // Returns 0 on success; otherwise writes a message into `error` and returns non-zero.
 typedef int (*dschat_register_fn)(void* registrar, char* error, size_t error_capacity) noexcept;
 
-struct dschat_plugin_manifest {
+struct dschat_manifest {
   uint32_t abi_major;
   uint32_t abi_minor;
   dschat_build_fingerprint fingerprint;
@@ -60,7 +60,7 @@ struct dschat_plugin_manifest {
   dschat_register_fn register_factories;
 };
 
-typedef const dschat_plugin_manifest* (*dschat_manifest_fn)() noexcept;
+typedef const dschat_manifest* (*dschat_manifest_fn)() noexcept;
 }
 
 #define DSCHAT_MANIFEST_SYMBOL "dschat_plugin_manifest"

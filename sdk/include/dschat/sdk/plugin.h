@@ -63,8 +63,8 @@ class Registrar {
     }                                                                                                    \
     return 1;                                                                                            \
   }                                                                                                      \
-  extern "C" DSCHAT_EXPORT const dschat_plugin_manifest* dschat_plugin_manifest() noexcept {            \
-    static const dschat_plugin_manifest manifest{DSCHAT_ABI_MAJOR,                                       \
+  extern "C" DSCHAT_EXPORT const dschat_manifest* dschat_plugin_manifest() noexcept {                   \
+    static const dschat_manifest manifest{DSCHAT_ABI_MAJOR,                                              \
                                                  DSCHAT_ABI_MINOR,                                       \
                                                  ::dschat::this_build_fingerprint(),                     \
                                                  NAME,                                                   \

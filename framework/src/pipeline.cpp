@@ -1,0 +1,175 @@
+#include "dschat/framework/pipeline.h"
+
+#include <fstream>
+#include <set>
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+namespace dschat {
+
+namespace {
+
+nlohmann::json read_hf_config(const ConfigTable& model, const std::filesystem::path& dir) {
+  auto file = dir / "config.json";
+  std::error_code ec;
+  if (!std::filesystem::is_regular_file(file, ec))
+    model.fail("path", fmt::format("{} is not an HF model folder: no config.json", dir.string()));
+  std::ifstream in(file);
+  try {
+    return nlohmann::json::parse(in);
+  } catch (const nlohmann::json::exception& e) {
+    model.fail("path", fmt::format("{}: invalid JSON: {}", file.string(), e.what()));
+  }
+}
+
+ModelSpec read_model(const std::string& name, const ConfigTable& table, const PluginRegistry& registry) {
+  ModelSpec spec;
+  spec.name = name;
+  spec.path = table.get_path("path", /*must_exist=*/true);
+  spec.dtype = table.get_choice("dtype", {"fp32", "bf16", "fp16"}, "fp32");
+  spec.init = table.get_choice("init", {"pretrained", "random"}, "pretrained");
+  spec.hf_config = read_hf_config(table, spec.path);
+  if (!spec.hf_config.is_object() || !spec.hf_config.contains("model_type") ||
+      !spec.hf_config["model_type"].is_string())
+    table.fail("path", fmt::format("{}/config.json has no string \"model_type\"", spec.path.string()));
+  std::string model_type = spec.hf_config["model_type"].get<std::string>();
+  try {
+    spec.family = registry.create<ModelFamily>(model_type, table);
+  } catch (const PluginError& e) {
+    table.fail("path", fmt::format("model_type \"{}\" of {}/config.json: {}", model_type, spec.path.string(),
+                                   e.what()));
+  }
+  return spec;
+}
+
+// A plugin reference: a table whose `plugin` key names the plugin and whose other keys are its options.
+template <class Interface>
+std::shared_ptr<Interface> create_from_table(const ConfigTable& table, const PluginRegistry& registry,
+                                             std::optional<std::string> default_plugin = std::nullopt) {
+  std::string name = table.get_string("plugin", std::move(default_plugin));
+  try {
+    return registry.create<Interface>(name, table);
+  } catch (const PluginError& e) {
+    table.fail("plugin", e.what());
+  }
+}
+
+StrategySpec read_strategy(const ConfigTable& table, const PluginRegistry& registry) {
+  StrategySpec spec;
+  spec.plugin = table.get_string("plugin", "single");
+  spec.strategy = create_from_table<Strategy>(table, registry, "single");
+  return spec;
+}
+
+}  // namespace
+
+Pipeline load_pipeline(const std::filesystem::path& file, const std::vector<std::string>& overrides,
+                       PluginRegistry& registry) {
+  Pipeline p;
+  p.document = ConfigDocument::parse_file(file);
+  for (const auto& o : overrides) p.document->apply_override(o);
+  ConfigTable root = p.document->root();
+
+  // Plugins first: the pipeline's own folders come before DSCHAT_PLUGIN_PATH and the default folder.
+  if (auto plugins = root.get_optional_table("plugins")) p.plugin_paths = plugins->get_path_list("paths", true);
+  registry.discover(PluginRegistry::search_paths(p.plugin_paths));
+
+  ConfigTable pipeline = root.get_table("pipeline");
+  p.name = pipeline.get_string("name");
+  p.output_dir = pipeline.get_path("output_dir", false, "runs/" + p.name);
+  p.seed = static_cast<uint64_t>(pipeline.get_int("seed", 1234, 0));
+
+  ConfigTable models = root.get_table("models");
+  for (const auto& key : models.keys()) p.models.emplace(key, read_model(key, models.get_table(key), registry));
+  if (p.models.empty()) models.fail_here("declare at least one model, e.g. [models.actor] path = \"...\"");
+
+  auto strategy = root.get_optional_table("strategy");
+  if (strategy) p.strategy = read_strategy(*strategy, registry);
+
+  if (auto data = root.get_optional_table("data")) {
+    p.data.datasets = data->get_path_list("datasets", true);
+    p.data.split = data->get_int_list("split", std::vector<int64_t>{2, 4, 4});
+    if (p.data.split.size() != 3)
+      data->fail("split", fmt::format("expected 3 shares (SFT, RM, PPO), found {}", p.data.split.size()));
+    int64_t total = 0;
+    for (auto s : p.data.split) {
+      if (s < 0) data->fail("split", "shares must be >= 0");
+      total += s;
+    }
+    if (total == 0) data->fail("split", "shares must not all be 0");
+    p.data.max_seq_len = data->get_int("max_seq_len", 512, 2);
+    p.data.max_prompt_seq_len = data->get_int("max_prompt_seq_len", 256, 1);
+  }
+
+  auto stage_tables = root.get_table_list("stage", /*required=*/true);
+  if (stage_tables.empty()) root.fail("stage", "declare at least one [[stage]]");
+  auto defaults = ConfigDocument::parse_string("", "<defaults>", p.document->base_dir());
+  ConfigTable no_options = defaults->root();
+  std::set<std::string> known_outputs;  // models.* entries and the stages declared so far
+  for (const auto& [name, spec] : p.models) known_outputs.insert(name);
+  for (auto& table : stage_tables) {
+    StageSpec stage;
+    stage.name = table.get_string("name");
+    if (known_outputs.count(stage.name))
+      table.fail("name", fmt::format("'{}' is already the name of a model or an earlier stage", stage.name));
+    table.set_path("stage." + stage.name);
+    stage.algorithm_name = table.get_string("algorithm");
+    if (auto override_table = table.get_optional_table("strategy")) {
+      stage.strategy = read_strategy(*override_table, registry);
+    } else if (p.strategy.strategy) {
+      stage.strategy = p.strategy;
+    } else {
+      stage.strategy = {"single", registry.create<Strategy>("single", no_options)};
+    }
+    if (auto generation = table.get_optional_table("generation"))
+      stage.generator = create_from_table<Generator>(*generation, registry);
+    for (const auto& hook_table : table.get_table_list("hooks"))
+      stage.hooks.push_back(create_from_table<Hook>(hook_table, registry));
+
+    try {
+      stage.algorithm = registry.create<Algorithm>(stage.algorithm_name, table);
+    } catch (const PluginError& e) {
+      table.fail("algorithm", e.what());
+    }
+    stage.roles = call_plugin(registry.find(Algorithm::kind, stage.algorithm_name),
+                              [&] { return stage.algorithm->model_roles(); });
+    for (const auto& [role, reference] : stage.roles) {
+      if (!known_outputs.count(reference)) {
+        std::vector<std::string> candidates(known_outputs.begin(), known_outputs.end());
+        std::string hint = closest_match(reference, candidates);
+        table.fail(role, fmt::format("'{}' is neither a [models.*] entry nor an earlier stage (known: {}){}", reference,
+                                     fmt::join(candidates, ", "),
+                                     hint.empty() ? "" : fmt::format("; did you mean '{}'?", hint)));
+      }
+    }
+    known_outputs.insert(stage.name);
+    p.stages.push_back(std::move(stage));
+  }
+
+  root.check_no_unknown_keys();
+  return p;
+}
+
+std::string Pipeline::describe() const {
+  std::string out = fmt::format("pipeline {}: output {}, seed {}\n", name, output_dir.string(), seed);
+  for (const auto& [key, m] : models)
+    out += fmt::format("  model {:<8} {} ({}, {}, {} init)\n", key, m.path.string(),
+                       m.hf_config.value("model_type", "?"), m.dtype, m.init);
+  if (!data.datasets.empty()) {
+    std::vector<std::string> files;
+    for (const auto& d : data.datasets) files.push_back(d.filename().string());
+    out += fmt::format("  data: {} split {}\n", fmt::join(files, ", "), fmt::join(data.split, "/"));
+  }
+  for (size_t i = 0; i < stages.size(); ++i) {
+    const auto& s = stages[i];
+    std::vector<std::string> roles;
+    for (const auto& [role, ref] : s.roles) roles.push_back(role + "=" + ref);
+    out += fmt::format("  stage {} {:<6} algorithm {:<7} strategy {:<24} {} -> {}\n", i + 1, s.name, s.algorithm_name,
+                       s.strategy.strategy ? s.strategy.strategy->describe() : s.strategy.plugin,
+                       fmt::join(roles, " "), (output_dir / s.name).string());
+  }
+  return out;
+}
+
+}  // namespace dschat
