@@ -133,8 +133,15 @@ def train_bytelevel(train_lines):
 def train_sentencepiece(train_lines):
     tok = Tokenizer(models.BPE(unk_token="<unk>", fuse_unk=True, byte_fallback=True))
     tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=True)
+    # The alphabet is chosen here (most frequent first, ties by code point): HF's limit_alphabet breaks ties at
+    # the cut-off in hash order, which would make reruns differ. Rarer characters go to byte fallback.
+    counts = {}
+    for line in train_lines:
+        for ch in line.replace(" ", "▁"):
+            counts[ch] = counts.get(ch, 0) + 1
+    alphabet = sorted(counts, key=lambda ch: (-counts[ch], ch))[:400]
     trainer = trainers.BpeTrainer(vocab_size=1750, special_tokens=["<unk>", "<s>", "</s>"], limit_alphabet=400,
-                                  show_progress=False)
+                                  initial_alphabet=alphabet, show_progress=False)
     tok.train_from_iterator(train_lines, trainer)
     # Rebuild LLaMA-style: specials at 0..2, the 256 byte tokens <0x00>..<0xFF> at 3..258 inside the model vocab.
     j = json.loads(tok.to_str())
@@ -196,6 +203,9 @@ def variants(byte_json, sp_json):
     j["decoder"] = {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "always", "split": True}
     j["model"]["fuse_unk"] = False
     out.append(("sp_metaspace_always", j))
+    j = json.loads(sp_json)  # no byte fallback: unknown characters become (fused) <unk>
+    j["model"]["byte_fallback"] = False
+    out.append(("sp_unk", j))
     j = json.loads(byte_json)
     j["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [{"type": "WhitespaceSplit"},
                                                                 {"type": "ByteLevel", "add_prefix_space": False,

@@ -112,7 +112,8 @@ TEST_P(Parity, IdsAndDecodeMatchHfOnEveryLine) {
 
 INSTANTIATE_TEST_SUITE_P(Tokenizers, Parity,
                          ::testing::Values("bytelevel", "sentencepiece", "llama3_split", "bloom_split",
-                                           "lowercase_prefix", "sp_legacy", "sp_metaspace_always", "whitespace_split"));
+                                           "lowercase_prefix", "sp_legacy", "sp_metaspace_always", "sp_unk",
+                                           "whitespace_split"));
 
 TEST(Tokenizer, AddedTokensAreSplitOutWithTheirFlags) {
   auto tok = Tokenizer::from_file(kData / "bytelevel" / "tokenizer.json");
