@@ -7,6 +7,7 @@
 #include <cstring>
 #include <fstream>
 #include <limits>
+#include <random>
 #include <sstream>
 
 #include <fmt/format.h>
@@ -105,15 +106,19 @@ TEST_F(Safetensors, SingleFileRoundTripEveryDtypeBitExact) {
   EXPECT_EQ(file->metadata(), (std::map<std::string, std::string>{{"format", "pt"}, {"note", "dschat"}}));
   ASSERT_EQ(file->tensors().size(), tensors.size());
   uint64_t offset = 0;
-  for (size_t i = 0; i < tensors.size(); ++i) {
-    const auto& [name, expected] = tensors[i];
-    const auto& info = file->tensors()[i];
-    EXPECT_EQ(info.name, name) << "tensors() keeps the written order";
-    EXPECT_EQ(info.begin, offset) << name;
+  size_t previous_size = 8;
+  for (const auto& info : file->tensors()) {
+    EXPECT_EQ(info.begin, offset) << info.name << ": tensors() is in data order";
     offset = info.end;
     EXPECT_EQ(info.file, p);
-    expect_same_bits(file->tensor(name), expected, name);
+    // Largest elements first keeps every tensor aligned, so every view is zero-copy.
+    size_t size = c10::elementSize(info.dtype);
+    EXPECT_LE(size, previous_size) << info.name;
+    previous_size = size;
+    at::Tensor view = file->tensor(info.name);
+    if (view.numel() > 0) EXPECT_EQ(view.data_ptr(), file->tensor(info.name).data_ptr()) << info.name;
   }
+  for (const auto& [name, expected] : tensors) expect_same_bits(file->tensor(name), expected, name);
   EXPECT_EQ(file->file_size(), 8 + header_len + offset);
   EXPECT_EQ(file->tensor("scalar").dim(), 0);
 }
@@ -128,6 +133,20 @@ TEST_F(Safetensors, ViewsAreZeroCopyAndOutliveTheFile) {
   file.reset();
   EXPECT_TRUE(at::equal(a, w)) << "the view keeps the mapping alive";
   EXPECT_TRUE(at::equal(a.clone().add_(1), w + 1)) << "a clone is writable";
+}
+
+TEST_F(Safetensors, MisalignedTensorIsReadAsAnAlignedCopy) {
+  // Legal but never written by the reference writers: an F32 tensor starting at an odd offset.
+  float values[2] = {1.5f, -2.25f};
+  std::string data = "x" + std::string(reinterpret_cast<const char*>(values), sizeof values);
+  std::string header = R"({"b": {"dtype": "U8", "shape": [1], "data_offsets": [0, 1]},
+                          "f": {"dtype": "F32", "shape": [2], "data_offsets": [1, 9]}})";
+  header.append((8 - header.size() % 8) % 8, ' ');
+  auto file = st::File::open(write_raw("odd.safetensors", header, data));
+  at::Tensor f = file->tensor("f");
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(f.data_ptr()) % alignof(float), 0u);
+  EXPECT_TRUE(at::equal(f, at::tensor({1.5f, -2.25f})));
+  EXPECT_EQ(file->tensor("b").item<uint8_t>(), 'x');
 }
 
 TEST_F(Safetensors, ShardedRoundTripAndStaleFilesRemoved) {
@@ -434,6 +453,46 @@ TEST_F(Safetensors, AcceptsAnEmptyFileAndMetadataOnly) {
   } catch (const st::SafetensorsError& e) {
     EXPECT_NE(std::string(e.what()).find("no tensor named 'w'"), std::string::npos) << e.what();
   }
+}
+
+// Random corruption (byte flips in the header, truncation) must give either a valid file whose every tensor
+// reads back, or a SafetensorsError - never another exception type or an out-of-bounds read.
+TEST_F(Safetensors, CorruptedFilesFailCleanly) {
+  fs::path good = dir_ / "good.safetensors";
+  st::save_file(good, {{"a", at::randn({3, 4})}, {"b", at::ones({5}, at::kBFloat16)}, {"c", at::arange(3)}},
+                {{"format", "pt"}});
+  std::string bytes;
+  {
+    std::ifstream in(good, std::ios::binary);
+    bytes.assign(std::istreambuf_iterator<char>(in), {});
+  }
+  std::mt19937 rng(1234);
+  fs::path bad = dir_ / "bad.safetensors";
+  int opened = 0, rejected = 0;
+  for (int i = 0; i < 500; ++i) {
+    std::string mutated = bytes;
+    if (i % 3 == 0) {
+      mutated.resize(rng() % mutated.size());
+    } else {
+      for (int k = 0, n = 1 + rng() % 3; k < n; ++k) {
+        size_t header_end = 8 + static_cast<uint8_t>(bytes[0]) + (static_cast<uint8_t>(bytes[1]) << 8);
+        mutated[rng() % header_end] = static_cast<char>("0123456789,:[]{}\"-"[rng() % 18] ^ (i % 5 == 0 ? rng() : 0));
+      }
+    }
+    std::ofstream(bad, std::ios::binary | std::ios::trunc) << mutated;
+    try {
+      auto file = st::File::open(bad);
+      for (const auto& info : file->tensors()) file->tensor(info.name).to(at::kDouble).sum().item<double>();
+      ++opened;
+    } catch (const st::SafetensorsError& e) {
+      ++rejected;
+      ASSERT_NE(std::string(e.what()).find(bad.string()), std::string::npos) << e.what();
+    } catch (const std::exception& e) {
+      FAIL() << "mutation " << i << " escaped as a non-safetensors error: " << e.what();
+    }
+  }
+  EXPECT_GT(rejected, 300) << opened;
+  EXPECT_GT(opened, 0);  // some flips land in harmless places (whitespace, metadata text)
 }
 
 TEST_F(Safetensors, MissingShardNamesTheShardAndTheIndex) {

@@ -117,11 +117,18 @@ void remove_stale(const std::filesystem::path& dir, bool keep_single, const std:
 void save_file(const std::filesystem::path& file, const std::vector<std::pair<std::string, at::Tensor>>& tensors,
                const std::map<std::string, std::string>& metadata) {
   check_tensors(file, tensors);
-  // Keys in the order given, so offsets grow down the header the way the reference writer lays them out.
+  // Data laid out by element size, largest first (stably, else in the order given), as the Rust crate does:
+  // every tensor then starts aligned to its element size, so the reader can always hand out zero-copy views.
+  std::vector<const std::pair<std::string, at::Tensor>*> order;
+  for (const auto& item : tensors) order.push_back(&item);
+  std::stable_sort(order.begin(), order.end(), [](const auto* a, const auto* b) {
+    return c10::elementSize(a->second.scalar_type()) > c10::elementSize(b->second.scalar_type());
+  });
   nlohmann::ordered_json header = nlohmann::ordered_json::object();
   if (!metadata.empty()) header["__metadata__"] = metadata;
   uint64_t offset = 0;
-  for (const auto& [name, t] : tensors) {
+  for (const auto* item : order) {
+    const auto& [name, t] = *item;
     uint64_t size = nbytes(t);
     header[name] = {{"dtype", *dtype_name(t.scalar_type())}, {"shape", t.sizes().vec()}, {"data_offsets", {offset, offset + size}}};
     offset += size;
@@ -133,7 +140,8 @@ void save_file(const std::filesystem::path& file, const std::vector<std::pair<st
   AtomicFile out(file);
   out.write(&header_len, 8);  // little-endian, checked in read.cpp
   out.write(text.data(), text.size());
-  for (const auto& [name, t] : tensors) {
+  for (const auto* item : order) {
+    const at::Tensor& t = item->second;
     // One tensor at a time, so a GPU model is never copied to host memory all at once.
     at::Tensor host = t.detach().to(at::kCPU).contiguous();
     if (host.numel() > 0) out.write(host.data_ptr(), nbytes(host));

@@ -58,7 +58,7 @@ class DSCHAT_SDK_API File {
   static std::shared_ptr<File> open(const std::filesystem::path& path);
 
   const std::filesystem::path& path() const { return path_; }
-  const std::vector<TensorInfo>& tensors() const { return tensors_; }  // in header order
+  const std::vector<TensorInfo>& tensors() const { return tensors_; }  // in data (offset) order
   bool contains(const std::string& name) const { return index_.count(name) != 0; }
   const TensorInfo& info(const std::string& name) const;  // SafetensorsError if absent
   // Zero-copy read-only CPU view (see the note at the top). A tensor whose data is not aligned to its element
@@ -103,7 +103,8 @@ class DSCHAT_SDK_API CheckpointReader {
 };
 
 // Writes one file atomically (to "<file>.tmp-<pid>", fsync, rename, fsync the folder). Tensors are written
-// contiguous from CPU memory in the order given; the header is space-padded to a multiple of 8 bytes.
+// contiguous from CPU memory, ordered by element size (largest first, else in the order given) so that each
+// starts aligned and reads back zero-copy; the header is space-padded to a multiple of 8 bytes.
 DSCHAT_SDK_API void save_file(const std::filesystem::path& file,
                               const std::vector<std::pair<std::string, at::Tensor>>& tensors,
                               const std::map<std::string, std::string>& metadata = {});
