@@ -6,6 +6,7 @@
 #include <fmt/format.h>
 
 #include "dschat/sdk/atomic_file.h"
+#include "dschat/sdk/tokenizer.h"
 
 namespace dschat {
 
@@ -14,10 +15,72 @@ namespace {
 // A stage's final model is complete once this marker exists; it is written last, atomically.
 constexpr const char* kCompleteMarker = "COMPLETE";
 
+// Placeholder sinks until the data and metrics pieces land (issue 4): no data, metrics to stdout.
+class NoData : public DataSource {
+ public:
+  const std::vector<TextExample>& examples(Phase, bool) const override {
+    throw std::runtime_error("this pipeline declares no [data]");
+  }
+  const std::vector<std::string>& pretraining_texts() const override { return none_; }
+  const DataLimits& limits() const override { return limits_; }
+
+ private:
+  std::vector<std::string> none_;
+  DataLimits limits_;
+};
+
+class PrintedMetrics : public MetricsSink, public Progress {
+ public:
+  void scalar(const std::string& tag, double value, int64_t step) override {
+    std::cout << fmt::format("  step {} {} = {:.6g}\n", step, tag, value);
+  }
+  void flush() override { std::cout.flush(); }
+  void start(const std::string& label, int64_t total) override { std::cout << label << ": " << total << " steps\n"; }
+  void update(int64_t step, const std::map<std::string, double>& shown, int64_t) override {
+    std::cout << "  step " << step;
+    for (const auto& [k, v] : shown) std::cout << fmt::format(" {} {:.4g}", k, v);
+    std::cout << "\n";
+  }
+  void finish() override {}
+};
+
 class HostStageContext : public StageContext {
  public:
   HostStageContext(const Pipeline& pipeline, const StageSpec& stage)
       : pipeline_(pipeline), stage_(stage), stage_dir_(pipeline.output_dir / stage.name) {}
+
+  ModelHandle model(const std::string& role) const override {
+    ModelHandle handle;
+    handle.dir = model_dir(role);
+    const std::string& reference = stage_.roles.at(role);
+    // A stage output keeps the model entry it descends from; follow references back to a [models.*] entry.
+    const ModelSpec* spec = root_model(reference);
+    handle.family = spec->family;
+    handle.hf_config = read_hf_config(handle.dir);
+    handle.options.dtype = spec->dtype == "bf16" ? at::kBFloat16 : spec->dtype == "fp16" ? at::kHalf : at::kFloat;
+    handle.random_init = pipeline_.models.count(reference) && spec->init == "random";
+    return handle;
+  }
+
+  std::shared_ptr<CausalLM> load_model(const std::string& role) const override {
+    ModelHandle handle = model(role);
+    if (handle.random_init) {
+      at::manual_seed(static_cast<int64_t>(pipeline_.seed));
+      return handle.family->build(handle.hf_config, handle.options);
+    }
+    return handle.family->from_pretrained(handle.dir, handle.options);
+  }
+
+  std::shared_ptr<Tokenizer> tokenizer(const std::string& role) const override {
+    return Tokenizer::from_dir(model_dir(role));
+  }
+
+  const DataSource& data() const override { return data_; }
+  MetricsSink& metrics() override { return printed_; }
+  Progress& progress() override { return printed_; }
+  Strategy& strategy() override { return *stage_.strategy.strategy; }
+  Generator* generator() override { return stage_.generator.get(); }
+  const std::vector<std::shared_ptr<Hook>>& hooks() override { return stage_.hooks; }
 
   const std::string& stage_name() const override { return stage_.name; }
   const std::filesystem::path& stage_dir() const override { return stage_dir_; }
@@ -32,6 +95,20 @@ class HostStageContext : public StageContext {
   }
 
  private:
+  const ModelSpec* root_model(const std::string& reference) const {
+    if (auto it = pipeline_.models.find(reference); it != pipeline_.models.end()) return &it->second;
+    for (const auto& stage : pipeline_.stages) {
+      if (stage.name != reference) continue;
+      // The stage's first role names the model it trained ("model" or "actor").
+      for (const char* role : {"model", "actor"})
+        if (auto r = stage.roles.find(role); r != stage.roles.end()) return root_model(r->second);
+      if (!stage.roles.empty()) return root_model(stage.roles.begin()->second);
+    }
+    throw std::invalid_argument(fmt::format("cannot resolve model reference '{}'", reference));
+  }
+
+  NoData data_;
+  PrintedMetrics printed_;
   const Pipeline& pipeline_;
   const StageSpec& stage_;
   std::filesystem::path stage_dir_;

@@ -1,21 +1,55 @@
 #pragma once
 // Kind "algorithm": runs one stage of the pipeline (sft, reward, ppo, ...).
+#include <cstdint>
 #include <filesystem>
 #include <map>
 #include <memory>
 #include <string>
+#include <vector>
+
+#include "dschat/sdk/data.h"
+#include "dschat/sdk/metrics.h"
+#include "dschat/sdk/model.h"
 
 namespace dschat {
 
-// What the host hands a running stage. Implemented by the host; grows with the algorithms that need it.
+class Generator;
+class Hook;
+class Strategy;
+class Tokenizer;
+
+// A model a stage works on, resolved from its role: the family (plugin) that knows the architecture, the HF
+// folder it comes from, and how to build it.
+struct ModelHandle {
+  std::filesystem::path dir;  // HF folder: a [models.*] path or an earlier stage's final/ folder
+  std::shared_ptr<ModelFamily> family;
+  nlohmann::json hf_config;
+  ModelOptions options;  // dtype from the pipeline
+  bool random_init = false;  // [models.X] init = "random": build from config.json, load no weights
+};
+
+// What the host hands a running stage. Implemented by the host.
 class StageContext {
  public:
   virtual ~StageContext() = default;
   virtual const std::string& stage_name() const = 0;
   virtual const std::filesystem::path& stage_dir() const = 0;  // where the stage writes its outputs
+  virtual uint64_t seed() const = 0;
+
   // The HF model folder that a role resolves to: a models.* entry or an earlier stage's output.
   virtual std::filesystem::path model_dir(const std::string& role) const = 0;
-  virtual uint64_t seed() const = 0;
+  virtual ModelHandle model(const std::string& role) const = 0;
+  // Loads the role's model (weights from its folder unless random_init) with the handle's options.
+  virtual std::shared_ptr<CausalLM> load_model(const std::string& role) const = 0;
+  virtual std::shared_ptr<Tokenizer> tokenizer(const std::string& role) const = 0;
+
+  virtual const DataSource& data() const = 0;
+  virtual MetricsSink& metrics() = 0;
+  virtual Progress& progress() = 0;
+
+  virtual Strategy& strategy() = 0;
+  virtual Generator* generator() = 0;  // stage.generation, or nullptr
+  virtual const std::vector<std::shared_ptr<Hook>>& hooks() = 0;
 };
 
 class Algorithm {
@@ -27,6 +61,8 @@ class Algorithm {
   // Model roles this stage reads and what each refers to ("actor" -> "sft", "model" -> "base"), so the host
   // can check references before any work starts and order stages.
   virtual std::map<std::string, std::string> model_roles() const = 0;
+  // Runs the stage. The final model goes to stage_dir()/final as an HF folder; the host marks it complete
+  // (and reuses it on the next run) only after run() returns.
   virtual void run(StageContext& context) = 0;
 };
 
