@@ -7,6 +7,8 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "dschat/sdk/data.h"
 #include "dschat/sdk/metrics.h"
 #include "dschat/sdk/model.h"
