@@ -8,6 +8,8 @@
 
 namespace dschat {
 
+class Tokenizer;
+
 // One example. SFT uses prompt + chosen; the reward model uses prompt + chosen/rejected; PPO uses the prompt.
 // Texts already carry DeepSpeed-Chat's template: prompt " Human: q Assistant:", answers " a".
 struct TextExample {
@@ -18,6 +20,13 @@ struct TextExample {
 
 // The three InstructGPT steps, which split each dataset by [data].split (default 2/4/4).
 enum class Phase { sft = 0, reward = 1, ppo = 2 };
+
+// An example as token ids, unpadded: what the collate helpers (data_collate.h) batch.
+struct TokenizedExample {
+  std::vector<int64_t> prompt;    // the prompt, with the tokenizer's own special tokens (e.g. OPT's BOS)
+  std::vector<int64_t> chosen;    // prompt + chosen answer + eos, cut to max_seq_len as DeepSpeed-Chat truncates
+  std::vector<int64_t> rejected;  // prompt + rejected answer + eos (cut likewise); empty when there is none
+};
 
 struct DataLimits {
   int64_t max_seq_len = 512;         // SFT and RM sequences are right-padded to this
@@ -32,6 +41,9 @@ class DataSource {
   // Plain text for the PPO pretraining mix (PTX); empty when none is configured.
   virtual const std::vector<std::string>& pretraining_texts() const = 0;
   virtual const DataLimits& limits() const = 0;
+  // The same examples tokenized with `tokenizer` (the host keeps a cache on disk, keyed by everything that
+  // affects it). For Phase::ppo, prompts longer than max_prompt_seq_len are dropped, as DeepSpeed-Chat does.
+  virtual const std::vector<TokenizedExample>& tokenized(Phase phase, bool eval, const Tokenizer& tokenizer) const = 0;
 };
 
 }  // namespace dschat
