@@ -20,12 +20,17 @@ class CountingHook : public dschat::Hook {
 
 class FailingAlgorithm : public dschat::Algorithm {
  public:
-  explicit FailingAlgorithm(const dschat::ConfigTable& options) : model_(options.get_string("model")) {}
-  std::map<std::string, std::string> model_roles() const override { return {{"model", model_}}; }
+  explicit FailingAlgorithm(const dschat::ConfigTable& options)
+      : model_(options.get_string("model")), fail_roles_(options.get_bool("fail_roles", false)) {}
+  std::map<std::string, std::string> model_roles() const override {
+    if (fail_roles_) throw std::runtime_error("deliberate failure inside model_roles()");
+    return {{"model", model_}};
+  }
   void run(dschat::StageContext&) override { throw std::runtime_error("deliberate failure inside run()"); }
 
  private:
   std::string model_;
+  bool fail_roles_;
 };
 
 class NamedStrategy : public dschat::Strategy {
