@@ -9,6 +9,7 @@
 #include "dschat/framework/pipeline.h"
 #include "dschat/framework/registry.h"
 #include "dschat/framework/runner.h"
+#include "dschat/sdk/device.h"
 
 namespace po = boost::program_options;
 
@@ -124,6 +125,12 @@ void print_version() {
             << fmt::format("LibTorch {}\n", fp.torch_version)
             << fmt::format("build fingerprint: torch_version={} cxx11_abi={} compiler=\"{}\" libstdcxx_release={} cuda={}\n",
                            fp.torch_version, fp.cxx11_abi, fp.compiler, fp.libstdcxx_release, fp.cuda);
+  std::string problem;
+  auto accelerators = list_accelerators(&problem);
+  if (accelerators.empty()) std::cout << "accelerators: none (" << problem << ")\n";
+  for (const auto& a : accelerators)
+    std::cout << fmt::format("accelerator {}: {} (sm_{}{}, {:.1f} GiB)\n", a.index, a.name, a.compute_major,
+                             a.compute_minor, a.memory_bytes / double(1 << 30));
 }
 
 }  // namespace

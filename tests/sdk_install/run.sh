@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Installs the SDK from the build folder, builds tests/sdk_install/hello against it with find_package(dschat),
+# and checks that the installed host lists the plugin as ok.
+set -euo pipefail
+build="$1"; source_dir="$2"; torch_dir="$3"
+work="$build/sdk-install-test"
+rm -rf "$work"
+cmake --install "$build" --prefix "$work/prefix" >/dev/null
+cmake -S "$source_dir/tests/sdk_install/hello" -B "$work/hello" -G Ninja -DCMAKE_PREFIX_PATH="$work/prefix" \
+      -DTorch_DIR="$torch_dir" >"$work/configure.log" 2>&1 || { cat "$work/configure.log"; exit 1; }
+ninja -C "$work/hello" >"$work/build.log" 2>&1 || { cat "$work/build.log"; exit 1; }
+plugin="$work/hello/libdschat-hello.so"
+table="$("$work/prefix/bin/dschat" plugins --path "$plugin")"
+echo "$table"
+echo "$table" | grep -E "^hook +step-counter +0\.0\.1 +ok +.*libdschat-hello\.so \(pipeline" >/dev/null
+# The installed host also finds the in-tree plugins in its own default folder.
+if ls "$work/prefix/lib/dschat/plugins/"*.so >/dev/null 2>&1; then
+  echo "$table" | grep -E "\(default folder\)" >/dev/null
+fi
+echo "third-party plugin built against the installed SDK: ok"
