@@ -351,6 +351,22 @@ TEST(ModelBadInput, MissingAndUnexpectedTensorsAreNamed) {
   EXPECT_NE(message.find("unexpected tensor 'model.layers.9.extra.weight'"), std::string::npos) << message;
 }
 
+// facebook/opt-* store the bare base model ("decoder.layers..."), plus a copy of the tied head.
+TEST(ModelLoad, BaseModelCheckpointWithoutPrefixAndTiedHeadCopy) {
+  auto f = fixture("opt");
+  auto dir = broken_copy("opt", "bare");
+  std::vector<std::pair<std::string, at::Tensor>> renamed;
+  for (auto& [name, t] : read_tensors(f.dir / "model.safetensors")) {
+    renamed.emplace_back(name.rfind("model.", 0) == 0 ? name.substr(6) : name, t);
+    if (name == "model.decoder.embed_tokens.weight") renamed.emplace_back("lm_head.weight", t);
+  }
+  safetensors::save_file(dir / "model.safetensors", renamed);
+  auto model = f.family->from_pretrained(dir, {});
+  at::NoGradGuard no_grad;
+  auto logits = model->forward(f.ref["input_ids"], f.ref["attention_mask"]).logits;
+  EXPECT_LE(masked_max_diff(logits, f.ref["logits"], f.ref["attention_mask"]), kTolerance);
+}
+
 TEST(ModelBadInput, UnknownModelTypeAndBadConfig) {
   ensure_fixtures();
   std::vector<std::shared_ptr<ModelFamily>> families = {family("opt"), family("bloom"), family("llama")};
