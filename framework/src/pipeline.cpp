@@ -62,6 +62,74 @@ StrategySpec read_strategy(const ConfigTable& table, const PluginRegistry& regis
   return spec;
 }
 
+// Resolves a dataset's schema: given, or detected from its first line. Data-file problems found here are
+// reported at the key that names the file.
+void resolve_schema(DatasetSpec& ds, const ConfigTable& table, std::string_view key, bool pretraining) {
+  if (pretraining) {
+    ds.schema = "text";
+    return;
+  }
+  if (ds.schema.empty() || ds.schema == "auto") {
+    try {
+      ds.schema = detect_schema(ds.path);
+    } catch (const DataError& e) {
+      table.fail(key, e.what());
+    }
+  }
+  if (ds.schema == "text")
+    table.fail(key, fmt::format("{} holds plain text: list it in [data].pretraining, not as a training dataset",
+                                ds.path.string()));
+}
+
+DataSpec read_data(const ConfigTable& data) {
+  DataSpec spec;
+  std::vector<std::filesystem::path> paths;
+  if (data.has("datasets")) paths = data.get_path_list("datasets", true);
+  for (size_t i = 0; i < paths.size(); ++i) {
+    DatasetSpec ds;
+    ds.path = paths[i];
+    resolve_schema(ds, data, "datasets", false);
+    spec.datasets.push_back(std::move(ds));
+  }
+  for (const auto& table : data.get_table_list("dataset")) {
+    DatasetSpec ds;
+    ds.path = table.get_path("path", true);
+    ds.schema = table.get_choice("schema", {"auto", "rm-static", "pairwise", "sft"}, "auto");
+    ds.prompt_field = table.get_string("prompt_field", ds.prompt_field);
+    ds.chosen_field = table.get_string("chosen_field", ds.chosen_field);
+    ds.rejected_field = table.get_string("rejected_field", ds.rejected_field);
+    ds.response_field = table.get_string("response_field", ds.response_field);
+    ds.skip_errors = table.get_choice("on_error", {"fail", "skip"}, "fail") == "skip";
+    resolve_schema(ds, table, "path", false);
+    spec.datasets.push_back(std::move(ds));
+  }
+  std::vector<std::filesystem::path> ptx;
+  if (data.has("pretraining")) ptx = data.get_path_list("pretraining", true);
+  for (const auto& path : ptx) {
+    DatasetSpec ds;
+    ds.path = path;
+    ds.schema = "text";
+    spec.pretraining.push_back(std::move(ds));
+  }
+  if (spec.datasets.empty() && spec.pretraining.empty())
+    data.fail_here("declare datasets = [\"file.jsonl\", ...] or [[data.dataset]] path = \"...\"");
+  spec.split = data.get_int_list("split", std::vector<int64_t>{2, 4, 4});
+  if (spec.split.size() != 3)
+    data.fail("split", fmt::format("expected 3 shares (SFT, RM, PPO), found {}", spec.split.size()));
+  int64_t total = 0;
+  for (auto s : spec.split) {
+    if (s < 0) data.fail("split", "shares must be >= 0");
+    total += s;
+  }
+  if (total == 0) data.fail("split", "shares must not all be 0");
+  spec.eval_fraction = data.get_float("eval_fraction", 0.1, 0.0, 0.9);
+  spec.max_seq_len = data.get_int("max_seq_len", 512, 2);
+  spec.max_prompt_seq_len = data.get_int("max_prompt_seq_len", 256, 1);
+  if (spec.max_prompt_seq_len >= spec.max_seq_len)
+    data.fail("max_prompt_seq_len", fmt::format("must be below max_seq_len ({})", spec.max_seq_len));
+  return spec;
+}
+
 }  // namespace
 
 Pipeline load_pipeline(const std::filesystem::path& file, const std::vector<std::string>& overrides,
@@ -87,20 +155,7 @@ Pipeline load_pipeline(const std::filesystem::path& file, const std::vector<std:
   auto strategy = root.get_optional_table("strategy");
   if (strategy) p.strategy = read_strategy(*strategy, registry);
 
-  if (auto data = root.get_optional_table("data")) {
-    p.data.datasets = data->get_path_list("datasets", true);
-    p.data.split = data->get_int_list("split", std::vector<int64_t>{2, 4, 4});
-    if (p.data.split.size() != 3)
-      data->fail("split", fmt::format("expected 3 shares (SFT, RM, PPO), found {}", p.data.split.size()));
-    int64_t total = 0;
-    for (auto s : p.data.split) {
-      if (s < 0) data->fail("split", "shares must be >= 0");
-      total += s;
-    }
-    if (total == 0) data->fail("split", "shares must not all be 0");
-    p.data.max_seq_len = data->get_int("max_seq_len", 512, 2);
-    p.data.max_prompt_seq_len = data->get_int("max_prompt_seq_len", 256, 1);
-  }
+  if (auto data = root.get_optional_table("data")) p.data = read_data(*data);
 
   auto stage_tables = root.get_table_list("stage", /*required=*/true);
   if (stage_tables.empty()) root.fail("stage", "declare at least one [[stage]]");
@@ -156,10 +211,13 @@ std::string Pipeline::describe() const {
   for (const auto& [key, m] : models)
     out += fmt::format("  model {:<8} {} ({}, {}, {} init)\n", key, m.path.string(),
                        m.hf_config.value("model_type", "?"), m.dtype, m.init);
-  if (!data.datasets.empty()) {
-    std::vector<std::string> files;
-    for (const auto& d : data.datasets) files.push_back(d.filename().string());
-    out += fmt::format("  data: {} split {}\n", fmt::join(files, ", "), fmt::join(data.split, "/"));
+  if (!data.datasets.empty() || !data.pretraining.empty()) {
+    std::vector<std::string> files, ptx;
+    for (const auto& d : data.datasets) files.push_back(fmt::format("{} ({})", d.path.filename().string(), d.schema));
+    for (const auto& d : data.pretraining) ptx.push_back(d.path.filename().string());
+    out += fmt::format("  data: {} split {} eval {:g}, max_seq_len {}, max_prompt_seq_len {}{}\n", fmt::join(files, ", "),
+                       fmt::join(data.split, "/"), data.eval_fraction, data.max_seq_len, data.max_prompt_seq_len,
+                       ptx.empty() ? "" : fmt::format("; pretraining {}", fmt::join(ptx, ", ")));
   }
   for (size_t i = 0; i < stages.size(); ++i) {
     const auto& s = stages[i];

@@ -5,6 +5,8 @@
 
 #include <fmt/format.h>
 
+#include "dschat/framework/data.h"
+#include "dschat/framework/metrics.h"
 #include "dschat/sdk/atomic_file.h"
 #include "dschat/sdk/tokenizer.h"
 
@@ -15,39 +17,23 @@ namespace {
 // A stage's final model is complete once this marker exists; it is written last, atomically.
 constexpr const char* kCompleteMarker = "COMPLETE";
 
-// Placeholder sinks until the data and metrics pieces land (issue 4): no data, metrics to stdout.
-class NoData : public DataSource {
- public:
-  const std::vector<TextExample>& examples(Phase, bool) const override {
-    throw std::runtime_error("this pipeline declares no [data]");
-  }
-  const std::vector<std::string>& pretraining_texts() const override { return none_; }
-  const DataLimits& limits() const override { return limits_; }
-
- private:
-  std::vector<std::string> none_;
-  DataLimits limits_;
-};
-
-class PrintedMetrics : public MetricsSink, public Progress {
- public:
-  void scalar(const std::string& tag, double value, int64_t step) override {
-    std::cout << fmt::format("  step {} {} = {:.6g}\n", step, tag, value);
-  }
-  void flush() override { std::cout.flush(); }
-  void start(const std::string& label, int64_t total) override { std::cout << label << ": " << total << " steps\n"; }
-  void update(int64_t step, const std::map<std::string, double>& shown, int64_t) override {
-    std::cout << "  step " << step;
-    for (const auto& [k, v] : shown) std::cout << fmt::format(" {} {:.4g}", k, v);
-    std::cout << "\n";
-  }
-  void finish() override {}
-};
-
 class HostStageContext : public StageContext {
  public:
-  HostStageContext(const Pipeline& pipeline, const StageSpec& stage)
-      : pipeline_(pipeline), stage_(stage), stage_dir_(pipeline.output_dir / stage.name) {}
+  HostStageContext(const Pipeline& pipeline, const StageSpec& stage, std::shared_ptr<HostDataSource> data)
+      : data_(std::move(data)), pipeline_(pipeline), stage_(stage), stage_dir_(pipeline.output_dir / stage.name) {}
+
+  // Called once the stage has run: what the data pipeline skipped or dropped becomes part of the record.
+  void record_data_counts() {
+    if (!data_used_) return;
+    DataCounts counts = data_->counts();
+    metrics().scalar("data/skipped_rows", static_cast<double>(counts.skipped_rows), 0);
+    metrics().scalar("data/too_long_skipped", static_cast<double>(counts.too_long_skipped), 0);
+    metrics().scalar("data/ppo_prompts_dropped", static_cast<double>(counts.ppo_prompts_dropped), 0);
+  }
+  void finish() {
+    progress_.finish();
+    if (metrics_) metrics_->flush();
+  }
 
   ModelHandle model(const std::string& role) const override {
     ModelHandle handle;
@@ -75,9 +61,15 @@ class HostStageContext : public StageContext {
     return Tokenizer::from_dir(model_dir(role));
   }
 
-  const DataSource& data() const override { return data_; }
-  MetricsSink& metrics() override { return printed_; }
-  Progress& progress() override { return printed_; }
+  const DataSource& data() const override {
+    data_used_ = true;
+    return *data_;
+  }
+  MetricsSink& metrics() override {
+    if (!metrics_) metrics_ = std::make_unique<StageMetrics>(stage_dir_);  // only stages that run get files
+    return *metrics_;
+  }
+  Progress& progress() override { return progress_; }
   Strategy& strategy() override { return *stage_.strategy.strategy; }
   Generator* generator() override { return stage_.generator.get(); }
   const std::vector<std::shared_ptr<Hook>>& hooks() override { return stage_.hooks; }
@@ -107,8 +99,10 @@ class HostStageContext : public StageContext {
     throw std::invalid_argument(fmt::format("cannot resolve model reference '{}'", reference));
   }
 
-  NoData data_;
-  PrintedMetrics printed_;
+  std::shared_ptr<HostDataSource> data_;  // one per pipeline run, shared by its stages
+  mutable bool data_used_ = false;
+  std::unique_ptr<StageMetrics> metrics_;
+  ConsoleProgress progress_;
   const Pipeline& pipeline_;
   const StageSpec& stage_;
   std::filesystem::path stage_dir_;
@@ -123,9 +117,11 @@ bool run_pipeline(const Pipeline& pipeline, const PluginRegistry& registry) {
   write_file_atomic(pipeline.output_dir / "plugins.txt", registry.table_text());
   write_file_atomic(pipeline.output_dir / "plugins.json", registry.table_json() + "\n");
 
+  // Loaded lazily, on the first stage that asks; the tokenized cache lives beside the stages it serves.
+  auto data = std::make_shared<HostDataSource>(pipeline.data, pipeline.seed, pipeline.output_dir / ".cache");
   for (size_t i = 0; i < pipeline.stages.size(); ++i) {
     const StageSpec& stage = pipeline.stages[i];
-    HostStageContext context(pipeline, stage);
+    HostStageContext context(pipeline, stage, data);
     auto marker = context.stage_dir() / "final" / kCompleteMarker;
     if (std::filesystem::exists(marker)) {
       std::cout << fmt::format("[{}/{}] stage {}: reusing {}\n", i + 1, pipeline.stages.size(), stage.name,
@@ -138,7 +134,10 @@ bool run_pipeline(const Pipeline& pipeline, const PluginRegistry& registry) {
     auto start = std::chrono::steady_clock::now();
     try {
       call_plugin(registry.find(Algorithm::kind, stage.algorithm_name), [&] { stage.algorithm->run(context); });
+      context.record_data_counts();
+      context.finish();
     } catch (const std::exception& e) {
+      context.finish();
       std::cerr << fmt::format("error: stage {} failed: {}\n", stage.name, e.what());
       return false;
     }

@@ -8,6 +8,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "dschat/framework/data.h"
 #include "dschat/framework/registry.h"
 #include "dschat/sdk/algorithm.h"
 #include "dschat/sdk/config_document.h"
@@ -30,13 +31,6 @@ struct ModelSpec {
 struct StrategySpec {
   std::string plugin;
   std::shared_ptr<Strategy> strategy;
-};
-
-struct DataSpec {
-  std::vector<std::filesystem::path> datasets;
-  std::vector<int64_t> split;  // SFT / RM / PPO shares
-  int64_t max_seq_len = 512;
-  int64_t max_prompt_seq_len = 256;
 };
 
 struct StageSpec {
