@@ -1,35 +1,98 @@
 #pragma once
 // Kind "strategy": wraps a model and its optimizer into an engine (single process, DDP, ZeRO, TP).
+//
+// An algorithm asks the stage's strategy for one Engine per trainable model and then only talks to the engine:
+//
+//   auto engine = context.strategy().make_engine(module, lm, options);
+//   for (micro-batches) {
+//     auto out = engine->forward(ids, mask);          // embed -> blocks (wrapped by the strategy) -> head
+//     engine->backward(loss);                          // loss / gradient_accumulation_steps (x loss scale)
+//     auto step = engine->step();                      // optimizer step at accumulation boundaries only
+//   }
+//
+// The optimizer is DeepSpeed-Chat's: AdamW, betas (0.9, 0.95), three parameter groups (decay / no-decay /
+// LoRA with its own lr), gradient clipping 1.0, HF's linear or cosine schedule with warmup. The reusable single
+// process implementation is SDK library code (dschat/sdk/optim.h), so the DDP and ZeRO plugins build on it.
+#include <cstdint>
 #include <filesystem>
 #include <memory>
+#include <string>
 
 #include <ATen/core/Tensor.h>
+#include <nlohmann/json_fwd.hpp>
 #include <torch/nn/module.h>
+
+#include "dschat/sdk/export.h"
+#include "dschat/sdk/model.h"
 
 namespace dschat {
 
-class CausalLM;
-
-// The engine a strategy makes for one trainable model.
-class Engine {
- public:
-  virtual ~Engine() = default;
-  virtual torch::nn::Module& module() = 0;
-  virtual void backward(const at::Tensor& loss) = 0;
-  // Clips, steps the optimizer and scheduler, zeroes gradients; returns false when the step was skipped
-  // (fp16 overflow).
-  virtual bool step() = 0;
-  virtual void save_checkpoint(const std::filesystem::path& dir) = 0;
-  virtual void load_checkpoint(const std::filesystem::path& dir) = 0;
+struct OptimizerOptions {
+  double learning_rate = 1e-3;       // decay and no-decay groups
+  double lora_learning_rate = 5e-4;  // LoRA group (lora_right_weight / lora_left_weight)
+  double weight_decay = 0.0;         // decay and LoRA groups; no-decay gets 0
+  double beta1 = 0.9, beta2 = 0.95, eps = 1e-8;
+  double max_grad_norm = 1.0;  // <= 0: no clipping
+  std::string lr_scheduler = "cosine";  // "cosine" | "linear" | "constant"
+  int64_t num_warmup_steps = 0;
+  int64_t total_steps = 0;  // optimizer steps the schedule spans
+  int64_t gradient_accumulation_steps = 1;
+  bool gradient_checkpointing = false;  // recompute each block in backward
+  // fp16 models: dynamic loss scale (DeepSpeed's defaults); overflowing steps are skipped.
+  double initial_loss_scale = 65536.0;
+  int64_t loss_scale_window = 100;
+  double min_loss_scale = 1.0;
 };
 
-class Strategy {
+// What one engine->step() did.
+struct StepResult {
+  bool boundary = false;  // an accumulation boundary: the optimizer was due
+  bool applied = false;   // the optimizer stepped (false at a boundary = skipped for fp16 overflow)
+  double grad_norm = 0.0;  // total norm before clipping (at a boundary)
+  double lr = 0.0;         // the lr the step used (first group)
+  double loss_scale = 1.0;
+};
+
+// The engine a strategy makes for one trainable model.
+class DSCHAT_SDK_API Engine {
+ public:
+  virtual ~Engine() = default;
+  virtual torch::nn::Module& module() = 0;  // everything trained (e.g. the LM and a value head)
+  virtual CausalLM& model() = 0;            // the causal LM inside module()
+  virtual at::Device device() const = 0;
+  virtual std::string describe() const = 0;  // "single process, cpu, bf16 + fp32 master weights"
+
+  // The LM's forward through the strategy's wrapped blocks (activation checkpointing, shard gathering).
+  // input_ids / attention_mask [B, T] (moved to device()).
+  virtual CausalLMOutput forward(const at::Tensor& input_ids, const at::Tensor& attention_mask,
+                                 bool return_hidden = false, bool return_logits = true) = 0;
+  // loss / gradient_accumulation_steps (times the loss scale for fp16) -> backward.
+  virtual void backward(const at::Tensor& loss) = 0;
+  // Call after every backward. At an accumulation boundary: unscale, clip, AdamW step, scheduler step, zero grads.
+  virtual StepResult step() = 0;
+  virtual double lr() const = 0;               // lr of the first group for the next optimizer step
+  virtual int64_t global_step() const = 0;     // optimizer steps applied so far
+  virtual void train(bool on = true) = 0;
+
+  // A folder with everything needed to continue: weights, optimizer state, scheduler position, loss scale, RNG
+  // and the caller's `client_state` (data position). Written under a temporary name and renamed into place.
+  virtual void save_checkpoint(const std::filesystem::path& dir, const nlohmann::json& client_state) = 0;
+  // Restores what save_checkpoint wrote and returns its client_state.
+  virtual nlohmann::json load_checkpoint(const std::filesystem::path& dir) = 0;
+};
+
+class DSCHAT_SDK_API Strategy {
  public:
   static constexpr const char* kind = "strategy";
-  static constexpr int interface_version = 1;
+  static constexpr int interface_version = 2;
   virtual ~Strategy() = default;
 
   virtual std::string describe() const = 0;  // e.g. "zero stage 2, offload optimizer"
+  // Trains the parameters of `module` that require grad; `lm` is the causal LM inside it (or the module itself),
+  // whose blocks the engine may wrap. Moves the module to the strategy's device. A strategy that only describes
+  // itself (test plugins) keeps the default, which throws.
+  virtual std::unique_ptr<Engine> make_engine(std::shared_ptr<torch::nn::Module> module, std::shared_ptr<CausalLM> lm,
+                                              const OptimizerOptions& options);
 };
 
 }  // namespace dschat

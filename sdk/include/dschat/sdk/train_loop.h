@@ -1,0 +1,50 @@
+#pragma once
+// The epoch / micro-batch / optimizer-step loop that the supervised stages (sft, reward) share: seeded shuffling
+// per epoch, gradient accumulation through the engine, evaluation at the start, every eval_interval steps and at
+// the end, metrics and progress, periodic checkpoints (stage_dir/checkpoints/step-N) and resuming from the
+// latest of them.
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+
+#include "dschat/sdk/algorithm.h"
+#include "dschat/sdk/export.h"
+#include "dschat/sdk/optim.h"
+#include "dschat/sdk/strategy.h"
+
+namespace dschat {
+
+// Example indices of each micro-batch of one epoch: a permutation seeded by (seed, epoch) cut into batches of
+// batch_size; the last, partial batch is kept (DataLoader with drop_last=False).
+DSCHAT_SDK_API std::vector<std::vector<int64_t>> epoch_batches(int64_t count, int64_t batch_size, uint64_t seed,
+                                                               int64_t epoch);
+
+// Optimizer steps of the whole stage: epochs * ceil(batches / accumulation), capped by max_steps.
+DSCHAT_SDK_API int64_t total_optimizer_steps(const TrainOptions& options, int64_t num_examples);
+
+// The latest stage_dir/checkpoints/step-N folder, if any.
+DSCHAT_SDK_API std::optional<std::filesystem::path> latest_checkpoint(const std::filesystem::path& stage_dir);
+
+struct TrainLoopCallbacks {
+  // Forward + engine.backward on one micro-batch; returns the (unscaled) loss value and the tokens it covered.
+  std::function<std::pair<double, int64_t>(const std::vector<int64_t>& example_indices)> micro_batch;
+  // Evaluates the model (eval mode, no grad) and reports metrics at optimizer step `step`.
+  std::function<void(int64_t step)> evaluate;
+};
+
+// Runs the loop over `num_examples` training examples. The engine's schedule must span
+// total_optimizer_steps(options, num_examples).
+DSCHAT_SDK_API void run_train_loop(StageContext& context, Engine& engine, const TrainOptions& options,
+                                   int64_t num_examples, const TrainLoopCallbacks& callbacks);
+
+// Drops trailing columns that are padding in every row (right-padded batches): with causal attention the
+// values at the remaining positions, and so the SFT and reward losses, are unchanged, and short batches skip
+// the work on max_seq_len - longest pad columns. Returns the number of columns kept.
+DSCHAT_SDK_API int64_t trim_right_padding(at::Tensor& attention_mask, std::vector<at::Tensor*> others);
+
+}  // namespace dschat

@@ -1,0 +1,305 @@
+// The single-process engine (dschat/sdk/optim.h): AdamW in DeepSpeed-Chat's three groups, HF schedules,
+// gradient accumulation, clipping, fp32 master weights for bf16/fp16 models, fp16 dynamic loss scaling,
+// activation checkpointing over the model's blocks, and atomic checkpoints.
+#include <ATen/Context.h>
+#include <ATen/core/grad_mode.h>
+#include <ATen/ops/isfinite.h>
+#include <ATen/ops/ones.h>
+#include <c10/util/irange.h>
+#include <nlohmann/json.hpp>
+#include <torch/nn/utils/clip_grad.h>
+#include <torch/optim/adamw.h>
+#include <torch/serialize/archive.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <fstream>
+
+#include <fmt/format.h>
+
+#include "dschat/sdk/atomic_file.h"
+#include "dschat/sdk/optim.h"
+#include "dschat/sdk/safetensors.h"
+
+namespace dschat {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+const char* dtype_label(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return "fp32";
+    case at::kBFloat16: return "bf16";
+    case at::kHalf: return "fp16";
+    default: return "other";
+  }
+}
+
+class LocalEngine : public Engine {
+ public:
+  LocalEngine(std::shared_ptr<torch::nn::Module> module, std::shared_ptr<CausalLM> lm, const OptimizerOptions& options,
+              at::Device device, std::string description)
+      : module_(std::move(module)), lm_(std::move(lm)), options_(options), device_(device),
+        description_(std::move(description)) {
+    TORCH_CHECK(module_ && lm_, "make_engine: module and lm are required");
+    TORCH_CHECK(options_.gradient_accumulation_steps >= 1, "gradient_accumulation_steps must be >= 1");
+    module_->to(device_);
+    params_ = trainable_parameters(*module_);
+    TORCH_CHECK(!params_.empty(), "make_engine: no parameter of the model requires grad (nothing to train)");
+    for (const auto& p : params_) {
+      TORCH_CHECK(at::isFloatingType(p.param.scalar_type()), "parameter ", p.name, " is not floating point");
+      if (p.param.scalar_type() != at::kFloat) mixed_ = true;
+      if (p.param.scalar_type() == at::kHalf) fp16_ = true;
+      weights_dtype_ = p.param.scalar_type();
+    }
+    loss_scale_ = fp16_ ? options_.initial_loss_scale : 1.0;
+    for (const auto& p : params_) {
+      masters_.push_back(mixed_ ? p.param.detach().to(at::kFloat).clone() : p.param);
+    }
+    std::vector<torch::optim::OptimizerParamGroup> groups;
+    for (auto kind : {ParamGroupKind::decay, ParamGroupKind::lora, ParamGroupKind::no_decay}) {
+      std::vector<at::Tensor> members;
+      for (size_t i = 0; i < params_.size(); ++i)
+        if (params_[i].group == kind) members.push_back(masters_[i]);
+      if (members.empty()) continue;  // DeepSpeed-Chat drops empty groups
+      double lr = kind == ParamGroupKind::lora ? options_.lora_learning_rate : options_.learning_rate;
+      auto group_options = std::make_unique<torch::optim::AdamWOptions>(lr);
+      group_options->betas({options_.beta1, options_.beta2})
+          .eps(options_.eps)
+          .weight_decay(kind == ParamGroupKind::no_decay ? 0.0 : options_.weight_decay);
+      groups.emplace_back(std::move(members), std::move(group_options));
+      base_lrs_.push_back(lr);
+      group_kinds_.push_back(kind);
+    }
+    torch::optim::AdamWOptions defaults(options_.learning_rate);
+    defaults.betas({options_.beta1, options_.beta2}).eps(options_.eps).weight_decay(options_.weight_decay);
+    optimizer_ = std::make_unique<torch::optim::AdamW>(groups, defaults);
+    (void)lr_multiplier(options_.lr_scheduler, 0, 0, 1);  // unknown scheduler names fail here, not at step 1
+  }
+
+  torch::nn::Module& module() override { return *module_; }
+  CausalLM& model() override { return *lm_; }
+  at::Device device() const override { return device_; }
+  std::string describe() const override {
+    std::string precision = mixed_ ? fmt::format("{} weights + fp32 master weights", dtype_label(weights_dtype_))
+                                   : std::string("fp32");
+    if (fp16_) precision += ", dynamic loss scale";
+    return fmt::format("{}, {}{}", description_, precision,
+                       options_.gradient_checkpointing ? ", activation checkpointing" : "");
+  }
+
+  CausalLMOutput forward(const at::Tensor& input_ids, const at::Tensor& attention_mask, bool return_hidden,
+                         bool return_logits) override {
+    TORCH_CHECK(input_ids.dim() == 2, "input_ids must be [batch, tokens], got ", input_ids.sizes());
+    at::Tensor ids = input_ids.to(device_);
+    at::Tensor mask = attention_mask.defined() ? attention_mask.to(device_)
+                                               : at::ones(ids.sizes(), ids.options().dtype(at::kLong));
+    auto& lm = *lm_;
+    AttentionInputs inputs = lm.prepare(mask, 0, ids.size(1), lm.dtype());
+    at::Tensor hidden = lm.embed(ids, inputs);
+    const bool recompute = options_.gradient_checkpointing && module_->is_training() && at::GradMode::is_enabled();
+    for (size_t i = 0; i < lm.num_blocks(); ++i) {
+      auto block = lm.block_ptr(i);
+      if (recompute) {
+        hidden = checkpointed([block, inputs](const at::Tensor& h) { return block->forward(h, inputs, nullptr); },
+                              hidden);
+      } else {
+        hidden = block->forward(hidden, inputs, nullptr);
+      }
+    }
+    CausalLMOutput out;
+    at::Tensor final = lm.final_hidden(hidden);
+    if (return_hidden) out.hidden = final;
+    if (return_logits) out.logits = lm.lm_logits(final);
+    return out;
+  }
+
+  void backward(const at::Tensor& loss) override {
+    TORCH_CHECK(loss.numel() == 1, "backward: the loss must be a scalar, got ", loss.sizes());
+    const double scale = loss_scale_ / static_cast<double>(options_.gradient_accumulation_steps);
+    (loss.to(at::kFloat) * scale).backward();
+    ++micro_step_;
+  }
+
+  StepResult step() override {
+    StepResult result;
+    result.loss_scale = loss_scale_;
+    if (micro_step_ == 0 || micro_step_ % options_.gradient_accumulation_steps != 0) return result;
+    result.boundary = true;
+    at::NoGradGuard no_grad;
+
+    std::vector<at::Tensor> with_grad;
+    for (size_t i = 0; i < params_.size(); ++i) {
+      const at::Tensor& g = params_[i].param.grad();
+      if (!g.defined()) continue;
+      if (mixed_) masters_[i].mutable_grad() = g.to(at::kFloat);
+      if (loss_scale_ != 1.0) masters_[i].mutable_grad().div_(loss_scale_);
+      with_grad.push_back(masters_[i]);
+    }
+    if (fp16_) {
+      bool overflow = false;
+      for (const auto& m : with_grad) overflow = overflow || !at::isfinite(m.grad()).all().item<bool>();
+      if (overflow) {  // DeepSpeed: skip the step (and the scheduler), halve the scale
+        loss_scale_ = std::max(options_.min_loss_scale, loss_scale_ / 2.0);
+        good_steps_ = 0;
+        zero_grad();
+        return result;
+      }
+    }
+    if (!with_grad.empty()) {
+      if (options_.max_grad_norm > 0) {
+        result.grad_norm = torch::nn::utils::clip_grad_norm_(with_grad, options_.max_grad_norm);
+      } else {
+        double squares = 0.0;
+        for (const auto& m : with_grad) squares += m.grad().to(at::kDouble).pow(2).sum().item<double>();
+        result.grad_norm = std::sqrt(squares);
+      }
+    }
+    const double mult = lr_multiplier(options_.lr_scheduler, global_step_, options_.num_warmup_steps,
+                                      options_.total_steps);
+    auto& groups = optimizer_->param_groups();
+    for (size_t g = 0; g < groups.size(); ++g) groups[g].options().set_lr(base_lrs_[g] * mult);
+    result.lr = base_lrs_[0] * mult;
+    optimizer_->step();
+    if (mixed_) {
+      for (size_t i = 0; i < params_.size(); ++i) params_[i].param.copy_(masters_[i]);
+    }
+    zero_grad();
+    ++global_step_;
+    if (fp16_ && ++good_steps_ % options_.loss_scale_window == 0) loss_scale_ *= 2.0;
+    result.applied = true;
+    return result;
+  }
+
+  double lr() const override {
+    return base_lrs_[0] *
+           lr_multiplier(options_.lr_scheduler, global_step_, options_.num_warmup_steps, options_.total_steps);
+  }
+  int64_t global_step() const override { return global_step_; }
+  void train(bool on) override { module_->train(on); }
+
+  void save_checkpoint(const fs::path& dir, const nlohmann::json& client_state) override {
+    const fs::path parent = dir.parent_path().empty() ? fs::path(".") : dir.parent_path();
+    fs::create_directories(parent);
+    const fs::path tmp = parent / fmt::format("{}.tmp-{}", dir.filename().string(), ::getpid());
+    fs::remove_all(tmp);
+    fs::create_directories(tmp);
+
+    std::vector<std::pair<std::string, at::Tensor>> weights;
+    for (const auto& item : module_->named_parameters(/*recurse=*/true))
+      weights.emplace_back(item.key(), item.value().detach().to(at::kCPU).contiguous());
+    safetensors::save_file(tmp / "model.safetensors", weights);
+    if (mixed_) {
+      std::vector<std::pair<std::string, at::Tensor>> masters;
+      for (size_t i = 0; i < params_.size(); ++i) masters.emplace_back(params_[i].name, masters_[i].detach().cpu());
+      safetensors::save_file(tmp / "master.safetensors", masters);
+    }
+    {
+      torch::serialize::OutputArchive archive;
+      optimizer_->save(archive);
+      const fs::path file = tmp / "optimizer.pt.part";
+      archive.save_to(file.string());
+      commit_file(file, tmp / "optimizer.pt");
+    }
+    std::vector<std::pair<std::string, at::Tensor>> rng{{"cpu", generator_state(at::kCPU)}};
+    if (!device_.is_cpu()) rng.emplace_back(device_.str(), generator_state(device_));
+    safetensors::save_file(tmp / "rng.safetensors", rng);
+    nlohmann::json state = {{"global_step", global_step_},   {"micro_step", micro_step_},
+                            {"loss_scale", loss_scale_},     {"good_steps", good_steps_},
+                            {"lr_scheduler", options_.lr_scheduler}, {"total_steps", options_.total_steps},
+                            {"client_state", client_state}};
+    write_file_atomic(tmp / "engine.json", state.dump(2) + "\n");
+
+    // Swap the finished folder into place; a crash before this leaves only the *.tmp-* folder.
+    if (fs::exists(dir)) {
+      const fs::path old = parent / fmt::format("{}.old-{}", dir.filename().string(), ::getpid());
+      fs::remove_all(old);
+      fs::rename(dir, old);
+      commit_file(tmp, dir);
+      fs::remove_all(old);
+    } else {
+      commit_file(tmp, dir);
+    }
+  }
+
+  nlohmann::json load_checkpoint(const fs::path& dir) override {
+    const fs::path meta = dir / "engine.json";
+    std::ifstream in(meta);
+    if (!in) throw std::runtime_error(meta.string() + ": cannot open (not an engine checkpoint?)");
+    nlohmann::json state = nlohmann::json::parse(in);
+
+    at::NoGradGuard no_grad;
+    auto weights = safetensors::File::open(dir / "model.safetensors");
+    for (auto& item : module_->named_parameters(/*recurse=*/true)) {
+      if (!weights->contains(item.key()))
+        throw std::runtime_error((dir / "model.safetensors").string() + ": missing tensor '" + item.key() + "'");
+      at::Tensor value = weights->tensor(item.key());
+      if (value.sizes() != item.value().sizes())
+        throw std::runtime_error((dir / "model.safetensors").string() + ": tensor '" + item.key() + "' has shape " +
+                                 c10::str(value.sizes()) + ", the model " + c10::str(item.value().sizes()));
+      item.value().copy_(value);
+    }
+    if (mixed_) {
+      auto masters = safetensors::File::open(dir / "master.safetensors");
+      for (size_t i = 0; i < params_.size(); ++i) masters_[i].copy_(masters->tensor(params_[i].name));
+    }
+    torch::serialize::InputArchive archive;
+    archive.load_from((dir / "optimizer.pt").string());
+    optimizer_->load(archive);
+    auto rng = safetensors::File::open(dir / "rng.safetensors");
+    set_generator_state(at::kCPU, rng->tensor("cpu").clone());
+    if (!device_.is_cpu() && rng->contains(device_.str()))
+      set_generator_state(device_, rng->tensor(device_.str()).clone());
+    global_step_ = state.at("global_step").get<int64_t>();
+    micro_step_ = state.at("micro_step").get<int64_t>();
+    loss_scale_ = state.at("loss_scale").get<double>();
+    good_steps_ = state.at("good_steps").get<int64_t>();
+    return state.value("client_state", nlohmann::json::object());
+  }
+
+ private:
+  static at::Tensor generator_state(at::Device device) {
+    auto gen = at::globalContext().defaultGenerator(device);
+    std::lock_guard<std::mutex> lock(gen.mutex());
+    return gen.get_state();
+  }
+  static void set_generator_state(at::Device device, const at::Tensor& state) {
+    auto gen = at::globalContext().defaultGenerator(device);
+    std::lock_guard<std::mutex> lock(gen.mutex());
+    gen.set_state(state);
+  }
+
+  void zero_grad() {
+    for (size_t i = 0; i < params_.size(); ++i) {
+      params_[i].param.mutable_grad().reset();
+      if (mixed_) masters_[i].mutable_grad().reset();
+    }
+  }
+
+  std::shared_ptr<torch::nn::Module> module_;
+  std::shared_ptr<CausalLM> lm_;
+  OptimizerOptions options_;
+  at::Device device_;
+  std::string description_;
+  std::vector<NamedParam> params_;
+  std::vector<at::Tensor> masters_;  // fp32 copies for bf16/fp16 models, else the parameters themselves
+  std::unique_ptr<torch::optim::AdamW> optimizer_;
+  std::vector<double> base_lrs_;
+  std::vector<ParamGroupKind> group_kinds_;
+  bool mixed_ = false, fp16_ = false;
+  at::ScalarType weights_dtype_ = at::kFloat;
+  int64_t global_step_ = 0, micro_step_ = 0, good_steps_ = 0;
+  double loss_scale_ = 1.0;
+};
+
+}  // namespace
+
+std::unique_ptr<Engine> make_local_engine(std::shared_ptr<torch::nn::Module> module, std::shared_ptr<CausalLM> lm,
+                                          const OptimizerOptions& options, at::Device device,
+                                          std::string strategy_description) {
+  return std::make_unique<LocalEngine>(std::move(module), std::move(lm), options, device,
+                                       std::move(strategy_description));
+}
+
+}  // namespace dschat

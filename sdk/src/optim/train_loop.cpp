@@ -1,0 +1,145 @@
+#include "dschat/sdk/train_loop.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <iostream>
+#include <random>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+namespace dschat {
+
+namespace fs = std::filesystem;
+
+std::vector<std::vector<int64_t>> epoch_batches(int64_t count, int64_t batch_size, uint64_t seed, int64_t epoch) {
+  TORCH_CHECK(batch_size > 0, "batch size must be positive");
+  std::vector<int64_t> order(static_cast<size_t>(count));
+  for (int64_t i = 0; i < count; ++i) order[i] = i;
+  std::mt19937_64 rng(seed * 1000003ull + static_cast<uint64_t>(epoch));
+  std::shuffle(order.begin(), order.end(), rng);
+  std::vector<std::vector<int64_t>> batches;
+  for (int64_t start = 0; start < count; start += batch_size)
+    batches.emplace_back(order.begin() + start, order.begin() + std::min(count, start + batch_size));
+  return batches;
+}
+
+int64_t total_optimizer_steps(const TrainOptions& options, int64_t num_examples) {
+  const int64_t batches = (num_examples + options.per_device_train_batch_size - 1) / options.per_device_train_batch_size;
+  const int64_t accum = options.optimizer.gradient_accumulation_steps;
+  int64_t total = options.epochs * ((batches + accum - 1) / accum);
+  if (options.max_steps > 0) total = std::min(total, options.max_steps);
+  return total;
+}
+
+std::optional<fs::path> latest_checkpoint(const fs::path& stage_dir) {
+  std::optional<fs::path> best;
+  int64_t best_step = -1;
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(stage_dir / "checkpoints", ec)) {
+    const std::string name = entry.path().filename().string();
+    if (name.rfind("step-", 0) != 0 || name.find('.') != std::string::npos) continue;  // skip *.tmp-*, *.old-*
+    if (!fs::exists(entry.path() / "engine.json")) continue;
+    try {
+      int64_t step = std::stoll(name.substr(5));
+      if (step > best_step) best_step = step, best = entry.path();
+    } catch (const std::exception&) {
+    }
+  }
+  return best;
+}
+
+int64_t trim_right_padding(at::Tensor& attention_mask, std::vector<at::Tensor*> others) {
+  const int64_t longest = attention_mask.sum(1).max().item<int64_t>();
+  const int64_t keep = std::max<int64_t>(longest, 1);
+  if (keep < attention_mask.size(1)) {
+    attention_mask = attention_mask.slice(1, 0, keep).contiguous();
+    for (auto* t : others) *t = t->slice(1, 0, keep).contiguous();
+  }
+  return keep;
+}
+
+void run_train_loop(StageContext& context, Engine& engine, const TrainOptions& options, int64_t num_examples,
+                    const TrainLoopCallbacks& callbacks) {
+  TORCH_CHECK(num_examples > 0, "stage ", context.stage_name(), ": no training examples");
+  const int64_t total = total_optimizer_steps(options, num_examples);
+  const int64_t accum = options.optimizer.gradient_accumulation_steps;
+  const fs::path checkpoints = context.stage_dir() / "checkpoints";
+  auto& metrics = context.metrics();
+  auto& progress = context.progress();
+
+  int64_t start_epoch = 0, start_batch = 0;
+  if (auto latest = latest_checkpoint(context.stage_dir())) {
+    auto client = engine.load_checkpoint(*latest);
+    start_epoch = client.value("epoch", int64_t{0});
+    start_batch = client.value("next_batch", int64_t{0});
+    std::cout << fmt::format("stage {}: resuming from {} (step {}, epoch {}, batch {})\n", context.stage_name(),
+                             latest->string(), engine.global_step(), start_epoch, start_batch);
+  } else {
+    callbacks.evaluate(0);
+  }
+
+  progress.start(context.stage_name(), total);
+  int64_t last_eval = engine.global_step() == 0 ? 0 : -1;
+  double loss_sum = 0.0;
+  int64_t loss_count = 0, tokens = 0;
+  engine.train(true);
+  for (int64_t epoch = start_epoch; epoch < options.epochs && engine.global_step() < total; ++epoch) {
+    auto batches = epoch_batches(num_examples, options.per_device_train_batch_size, context.seed(), epoch);
+    const int64_t first = epoch == start_epoch ? start_batch : 0;
+    for (int64_t b = first; b < static_cast<int64_t>(batches.size()) && engine.global_step() < total; ++b) {
+      auto [loss, n] = callbacks.micro_batch(batches[b]);
+      if (!std::isfinite(loss))
+        std::cerr << fmt::format("stage {}: non-finite loss at step {}\n", context.stage_name(), engine.global_step());
+      loss_sum += loss;
+      ++loss_count;
+      tokens += n;
+      // An epoch's last partial accumulation window still steps (DeepSpeed steps on its boundary count; here
+      // the window is closed at the epoch end so that no gradient leaks into the next epoch).
+      const bool epoch_end = b + 1 == static_cast<int64_t>(batches.size());
+      StepResult step = engine.step();
+      if (!step.boundary && epoch_end) {
+        while (!step.boundary) {  // close the window: count the missing micro-steps as empty
+          engine.backward(at::zeros({}, at::kFloat).requires_grad_(true));
+          step = engine.step();
+        }
+      }
+      if (!step.boundary) continue;
+      const int64_t s = engine.global_step();
+      const double mean_loss = loss_sum / static_cast<double>(std::max<int64_t>(loss_count, 1));
+      metrics.scalar("train/loss", mean_loss, s);
+      metrics.scalar("train/lr", step.lr, s);
+      metrics.scalar("train/grad_norm", step.grad_norm, s);
+      if (!step.applied) metrics.scalar("train/skipped_step_loss_scale", step.loss_scale, s);
+      progress.update(s, {{"loss", mean_loss}, {"lr", step.lr}}, tokens);
+      loss_sum = 0.0;
+      loss_count = 0;
+      tokens = 0;
+      if (options.eval_interval > 0 && s % options.eval_interval == 0 && s != last_eval) {
+        callbacks.evaluate(s);
+        last_eval = s;
+        engine.train(true);
+      }
+      if (options.checkpoint_interval > 0 && s % options.checkpoint_interval == 0) {
+        nlohmann::json client = {{"epoch", epoch_end ? epoch + 1 : epoch}, {"next_batch", epoch_end ? 0 : b + 1}};
+        engine.save_checkpoint(checkpoints / fmt::format("step-{}", s), client);
+        // Keep the two newest.
+        std::vector<std::pair<int64_t, fs::path>> found;
+        std::error_code ec;
+        for (const auto& e : fs::directory_iterator(checkpoints, ec)) {
+          auto name = e.path().filename().string();
+          if (name.rfind("step-", 0) == 0 && name.find('.') == std::string::npos)
+            found.emplace_back(std::stoll(name.substr(5)), e.path());
+        }
+        std::sort(found.begin(), found.end());
+        for (size_t i = 0; i + 2 < found.size(); ++i) fs::remove_all(found[i].second);
+      }
+    }
+  }
+  progress.finish();
+  if (last_eval != engine.global_step()) callbacks.evaluate(engine.global_step());
+  metrics.flush();
+}
+
+}  // namespace dschat
