@@ -1,6 +1,7 @@
 #include <unistd.h>
 
 #include <cmath>
+#include <iostream>
 
 #include <fmt/format.h>
 
@@ -16,8 +17,10 @@ std::string format_duration(double seconds) {
   return fmt::format("{}s", s);
 }
 
-ConsoleProgress::ConsoleProgress(std::FILE* out, std::optional<bool> tty, double interval_s)
-    : out_(out), tty_(tty.value_or(::isatty(::fileno(out)) == 1)), interval_s_(interval_s) {}
+ConsoleProgress::ConsoleProgress(std::ostream* out, std::optional<bool> tty, double interval_s)
+    : out_(out != nullptr ? out : &std::cerr),
+      tty_(tty.value_or(out == nullptr && ::isatty(STDERR_FILENO) == 1)),
+      interval_s_(interval_s) {}
 
 void ConsoleProgress::start(const std::string& label, int64_t total_steps) {
   label_ = label;
@@ -59,11 +62,11 @@ void ConsoleProgress::emit(bool force) {
     size_t width = text.size();
     if (width < last_width_) text.append(last_width_ - width, ' ');  // erase the tail of a longer previous line
     last_width_ = width;
-    std::fprintf(out_, "\r%s", text.c_str());
+    *out_ << '\r' << text;
   } else {
-    std::fprintf(out_, "%s\n", text.c_str());
+    *out_ << text << '\n';
   }
-  std::fflush(out_);
+  out_->flush();
   last_print_ = now;
   printed_ = true;
 }
@@ -71,8 +74,8 @@ void ConsoleProgress::emit(bool force) {
 void ConsoleProgress::finish() {
   if (!active_) return;
   emit(true);
-  if (tty_) std::fputc('\n', out_);
-  std::fflush(out_);
+  if (tty_) *out_ << '\n';
+  out_->flush();
   active_ = false;
 }
 

@@ -3,7 +3,7 @@
 // log beside them; and the live progress line on stderr.
 #include <chrono>
 #include <cstdint>
-#include <cstdio>
+#include <iosfwd>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -57,7 +57,9 @@ class StageMetrics : public MetricsSink {
 // otherwise (a log file, CI) it prints a plain line at most every `interval_s` seconds.
 class ConsoleProgress : public Progress {
  public:
-  explicit ConsoleProgress(std::FILE* out = stderr, std::optional<bool> tty = std::nullopt, double interval_s = 10.0);
+  // Without `out`, writes to std::cerr and asks isatty(stderr) unless `tty` says.
+  explicit ConsoleProgress(std::ostream* out = nullptr, std::optional<bool> tty = std::nullopt,
+                           double interval_s = 10.0);
   void start(const std::string& label, int64_t total_steps) override;
   void update(int64_t step, const std::map<std::string, double>& shown, int64_t items = 0) override;
   void finish() override;
@@ -68,7 +70,7 @@ class ConsoleProgress : public Progress {
  private:
   using Clock = std::chrono::steady_clock;
   void emit(bool force);
-  std::FILE* out_;
+  std::ostream* out_;
   bool tty_;
   double interval_s_;
   std::string label_;
