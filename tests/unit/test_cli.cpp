@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include "cli_helpers.h"
+#include "dschat/sdk/hook.h"
 
 using dschat::testing::pipeline_file;
 using dschat::testing::run_dschat;
@@ -177,7 +178,8 @@ TEST(CliPlugins, TableShowsEveryLibraryWithItsStatus) {
                                  "cxx11_abi: expected 1, found 0");
   expect_contains(result.output, "rejected: register function failed: cannot find my kernels");
   expect_contains(result.output, "conflict: also offered by");
-  expect_contains(result.output, "rejected: hook interface_version: expected 1, found 7");
+  expect_contains(result.output, "rejected: hook interface_version: expected " +
+                                     std::to_string(dschat::Hook::interface_version) + ", found 7");
   expect_contains(result.output, "shadowed by " + test_plugin_dir("good") + "/libdschat-test-good.so");
   EXPECT_EQ(result.output.find("half-registered"), std::string::npos) << "staged registration leaked";
 
