@@ -1,0 +1,539 @@
+// Algorithm "ppo": DeepSpeed-Chat step 3 (dschat/rlhf/ppo_trainer.py + step3 main.py), with the hybrid engine's
+// generation view, the EMA hook and optional PTX mixing.
+//
+// Roles: actor (trained, e.g. the sft stage), critic (trained, e.g. the rm stage), reference (frozen, default: the
+// actor's model) and reward (frozen, default: the critic's model).
+//
+// Per prompt batch (a rollout): generate answers inside a GenerationView on the actor with the stage's generation
+// plugin (eos and pad = the tokenizer's eos, as DeepSpeed-Chat sets pad = eos); compare the generation path's
+// log-probs with the training path's on a few rows (consistency/max_abs_diff; past consistency_threshold the run
+// stops); drop rows whose answer has <= 1 non-pad token; with attention_mask = (seq != pad) -- DeepSpeed-Chat's
+// mask, which also hides OPT's BOS (== pad) and a generated eos -- compute old log-probs (actor), ref log-probs,
+// values over [:, :-1] (critic) and the reward model's score at the last token before the first pad after the
+// prompt. Once generation_batches rollouts are buffered: ppo_epochs passes over per_device_training_batch_size
+// micro-batches, each an actor step (then a PTX step when enabled), the hooks' after_optimizer_step, and a critic
+// step; the math is dschat/sdk/ppo_math.h.
+//
+// Eval (at the start, every eval_interval rollouts, at the end): greedy answers to the held-out PPO prompts, their
+// mean reward-model score (eval/reward) and the mean per-sequence KL to the reference (eval/kl). At the end the
+// EMA written by the `ema` hook is evaluated the same way (eval/ema_reward, eval/ema_kl).
+//
+// Outputs: stage_dir/final (actor, HF folder + tokenizer), stage_dir/critic (save_reward_model), stage_dir/ema
+// (the ema hook).
+//
+// Defaults are DeepSpeed-Chat's (kl_ctl 0.1, clip_reward_value 5, cliprange 0.2, cliprange_value 0.2, gamma 1,
+// lam 0.95, lrs 9.65e-6 / 5e-6, cosine with 100 warmup steps, unsup_coef 27.8, batch sizes 16).
+#include <ATen/ops/cat.h>
+#include <ATen/ops/cross_entropy_loss.h>
+#include <ATen/ops/ones_like.h>
+#include <ATen/ops/stack.h>
+#include <ATen/ops/tensor.h>
+#include <c10/core/GradMode.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <fstream>
+#include <iostream>
+#include <optional>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "dschat/sdk/algorithm.h"
+#include "dschat/sdk/data_collate.h"
+#include "dschat/sdk/generation.h"
+#include "dschat/sdk/hook.h"
+#include "dschat/sdk/hybrid_engine.h"
+#include "dschat/sdk/optim.h"
+#include "dschat/sdk/plugin.h"
+#include "dschat/sdk/ppo_math.h"
+#include "dschat/sdk/reward_loss.h"
+#include "dschat/sdk/reward_model.h"
+#include "dschat/sdk/strategy.h"
+#include "dschat/sdk/tokenizer.h"
+#include "dschat/sdk/train_loop.h"
+#include "rollout.h"
+
+namespace {
+
+using namespace dschat;
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+// DESIGN §5 / DeepSpeed-Chat perf.py: 24 k B s L h^2 (1 + s/(6h) + V/(16 L h)).
+double megatron_flops(double k, double batch, double seq, const ModelDims& d) {
+  const double L = static_cast<double>(d.num_layers), h = static_cast<double>(d.hidden_size);
+  const double V = static_cast<double>(d.vocab_size);
+  return 24.0 * k * batch * seq * L * h * h * (1.0 + seq / (6.0 * h) + V / (16.0 * L * h));
+}
+
+struct PpoOptions {
+  std::string actor, critic, reference, reward;
+  int64_t generation_batch_size = 16, training_batch_size = 16, generation_batches = 1, ppo_epochs = 1;
+  int64_t epochs = 1, max_steps = 0, gradient_accumulation_steps = 1;
+  OptimizerOptions actor_optimizer, critic_optimizer;
+  ppo::PpoConfig ppo;
+  bool enable_ptx = false;
+  double unsup_coef = 27.8;
+  std::optional<double> consistency_threshold;  // unset: 1e-3 for fp32 models, 0.1 for bf16 / fp16
+  int64_t consistency_sample_rows = 2;
+  int64_t eval_interval = 0, eval_prompts = 0, eval_batch_size = 16;
+  bool trim_prompt_padding = true;
+  bool save_critic = true;
+  double debug_corrupt_generation_logprobs = 0.0;
+};
+
+PpoOptions read_options(const ConfigTable& t) {
+  PpoOptions o;
+  o.actor = t.get_string("actor");
+  o.critic = t.get_string("critic");
+  o.reference = t.get_string("reference", o.actor);
+  o.reward = t.get_string("reward", o.critic);
+  o.generation_batch_size = t.get_int("per_device_generation_batch_size", 16, 1);
+  o.training_batch_size = t.get_int("per_device_training_batch_size", 16, 1);
+  o.generation_batches = t.get_int("generation_batches", 1, 1);
+  o.ppo_epochs = t.get_int("ppo_epochs", 1, 1);
+  o.epochs = t.get_int("epochs", 1, 1);
+  o.max_steps = t.get_int("max_steps", 0, 0);
+  o.gradient_accumulation_steps = t.get_int("gradient_accumulation_steps", 1, 1);
+  const std::string scheduler = t.get_choice("lr_scheduler", {"cosine", "linear", "constant"}, "cosine");
+  const int64_t warmup = t.get_int("num_warmup_steps", 100, 0);
+  const double clip = t.get_float("max_grad_norm", 1.0, 0.0);
+  for (const bool is_actor : {true, false}) {
+    OptimizerOptions* opt = is_actor ? &o.actor_optimizer : &o.critic_optimizer;
+    const std::string p = is_actor ? "actor" : "critic";
+    const double lr = is_actor ? 9.65e-6 : 5e-6;
+    opt->learning_rate = t.get_float(p + "_learning_rate", lr, 0.0);
+    opt->weight_decay = t.get_float(p + "_weight_decay", 0.0, 0.0);
+    opt->gradient_checkpointing = t.get_bool(p + "_gradient_checkpointing", false);
+    opt->lr_scheduler = scheduler;
+    opt->num_warmup_steps = warmup;
+    opt->max_grad_norm = clip;
+    opt->gradient_accumulation_steps = o.gradient_accumulation_steps;
+  }
+  o.ppo.kl_coef = t.get_float("kl_ctl", 0.1, 0.0);
+  o.ppo.clip_reward_value = t.get_float("clip_reward_value", 5.0, 0.0);
+  o.ppo.cliprange = t.get_float("cliprange", 0.2, 0.0);
+  o.ppo.cliprange_value = t.get_float("cliprange_value", 0.2, 0.0);
+  o.ppo.gamma = t.get_float("gamma", 1.0, 0.0, 1.0);
+  o.ppo.lam = t.get_float("lam", 0.95, 0.0, 1.0);
+  o.enable_ptx = t.get_bool("enable_ptx", false);
+  o.unsup_coef = t.get_float("unsup_coef", 27.8, 0.0);
+  if (t.has("consistency_threshold")) o.consistency_threshold = t.get_float("consistency_threshold", {}, 0.0);
+  o.consistency_sample_rows = t.get_int("consistency_sample_rows", 2, 0);
+  o.eval_interval = t.get_int("eval_interval", 0, 0);
+  o.eval_prompts = t.get_int("eval_prompts", 0, 0);
+  o.eval_batch_size = t.get_int("per_device_eval_batch_size", 16, 1);
+  o.trim_prompt_padding = t.get_bool("trim_prompt_padding", true);
+  o.save_critic = t.get_bool("save_critic", true);
+  // Test hook: added to the generation log-probs before the consistency check, to prove the check trips.
+  o.debug_corrupt_generation_logprobs = t.get_float("debug_corrupt_generation_logprobs", 0.0);
+  return o;
+}
+
+// One rollout's experience, DeepSpeed-Chat's generate_experience output.
+struct Experience {
+  at::Tensor seq, attention_mask;   // [B, L]; mask = (seq != pad)
+  at::Tensor old_logprobs, ref_logprobs, values;  // [B, L - 1]
+  at::Tensor score;                 // [B]
+  int64_t prompt_length = 0;        // P
+};
+
+using ppo_rollout::experience_mask;
+using ppo_rollout::rows_to_keep;
+using ppo_rollout::trim_left_padding;
+
+class Ppo : public Algorithm {
+ public:
+  explicit Ppo(const ConfigTable& table) : o_(read_options(table)) {}
+
+  std::map<std::string, std::string> model_roles() const override {
+    return {{"actor", o_.actor}, {"critic", o_.critic}, {"reference", o_.reference}, {"reward", o_.reward}};
+  }
+
+  void run(StageContext& context) override;
+
+ private:
+  PpoOptions o_;
+};
+
+void Ppo::run(StageContext& ctx) {
+  const std::string& stage = ctx.stage_name();
+  Generator* generator = ctx.generator();
+  if (generator == nullptr)
+    throw std::invalid_argument(fmt::format(
+        "stage {}: ppo generates answers with the stage's generation plugin; add generation = {{ plugin = "
+        "\"kv-cache\", max_new_tokens = 256 }} to the stage",
+        stage));
+  auto handle = ctx.model("actor");
+  auto tokenizer = ctx.tokenizer("actor");
+  auto eos = tokenizer->eos_id();
+  auto pad_opt = eos ? eos : tokenizer->pad_id();  // DeepSpeed-Chat: pad = eos (every family but LLaMA)
+  if (!pad_opt) throw std::invalid_argument("the actor's tokenizer has neither a pad nor an eos token");
+  const int64_t pad_id = *pad_opt;
+
+  const auto& data = ctx.data();
+  const auto& train = data.tokenized(Phase::ppo, false, *tokenizer);
+  const auto& held_out = data.tokenized(Phase::ppo, true, *tokenizer);
+  if (train.empty()) throw std::invalid_argument(fmt::format("stage {}: the PPO split has no prompts", stage));
+  const auto& ptx_texts = data.pretraining_texts();
+  if (o_.enable_ptx && ptx_texts.empty())
+    throw std::invalid_argument(fmt::format(
+        "stage {}: enable_ptx = true but the pipeline's [data] has no pretraining texts", stage));
+
+  // ---- models ----
+  auto actor = ctx.load_model("actor");
+  auto reference = ctx.load_model("reference");
+  auto critic = std::make_shared<RewardModel>(ctx.load_model("critic"));
+  load_value_head(*critic, ctx.model_dir("critic"));
+  auto reward = std::make_shared<RewardModel>(ctx.load_model("reward"));
+  load_value_head(*reward, ctx.model_dir("reward"));
+  for (torch::nn::Module* frozen : {static_cast<torch::nn::Module*>(reference.get()),
+                                    static_cast<torch::nn::Module*>(reward.get())}) {
+    for (auto& p : frozen->parameters()) p.set_requires_grad(false);
+    frozen->eval();
+  }
+
+  // Optimizer steps: DeepSpeed-Chat's num_total_iters (prompt batches x micro-batches per experience x ppo_epochs
+  // / accumulation), capped by max_steps.
+  const int64_t prompt_batches = (static_cast<int64_t>(train.size()) + o_.generation_batch_size - 1) /
+                                 o_.generation_batch_size;
+  const int64_t micro_per_rollout = (o_.generation_batch_size + o_.training_batch_size - 1) / o_.training_batch_size;
+  int64_t total = o_.epochs * prompt_batches * micro_per_rollout * o_.ppo_epochs / o_.gradient_accumulation_steps;
+  total = std::max<int64_t>(total, 1);
+  if (o_.max_steps > 0) total = std::min(total, o_.max_steps);
+  OptimizerOptions actor_opt = o_.actor_optimizer, critic_opt = o_.critic_optimizer;
+  actor_opt.total_steps = critic_opt.total_steps = total;
+  // DeepSpeed-Chat doubles the actor's accumulation with PTX: the PPO and PTX backwards make one step.
+  if (o_.enable_ptx) actor_opt.gradient_accumulation_steps *= 2;
+  auto actor_engine = ctx.strategy().make_engine(actor, actor, actor_opt);
+  auto critic_engine = ctx.strategy().make_engine(critic, critic->base, critic_opt);
+  const at::Device device = actor_engine->device();
+  reference->to(device);
+  reward->to(device);
+  const double threshold =
+      o_.consistency_threshold.value_or(actor->dtype() == at::kFloat ? 1e-3 : 0.1);
+  std::cout << fmt::format(
+      "stage {}: {} prompts ({} held out), {} optimizer steps, generation {} x{} prompts, training micro-batch {}, "
+      "ppo_epochs {}, pad {}, PTX {}, actor: {}\n",
+      stage, train.size(), held_out.size(), total, o_.generation_batches, o_.generation_batch_size,
+      o_.training_batch_size, o_.ppo_epochs, pad_id, o_.enable_ptx ? "on" : "off", actor_engine->describe());
+
+  for (const auto& hook : ctx.hooks()) {
+    hook->set_model_info({handle.family, tokenizer});
+    hook->on_train_begin(*actor);
+  }
+
+  SamplingOptions sampling = generator->defaults();
+  sampling.eos_token_ids = {pad_id};
+  if (eos) sampling.eos_token_ids = {*eos};
+  sampling.pad_token_id = pad_id;
+  const int64_t max_prompt = data.limits().max_prompt_seq_len;
+  auto& metrics = ctx.metrics();
+
+  auto prompts_of = [&](const std::vector<TokenizedExample>& set, const std::vector<int64_t>& indices) {
+    std::vector<const TokenizedExample*> rows;
+    for (auto i : indices) rows.push_back(&set[static_cast<size_t>(i)]);
+    PromptBatch batch = collate_prompts(rows, max_prompt, pad_id);
+    if (o_.trim_prompt_padding) trim_left_padding(batch.input_ids, batch.attention_mask);
+    return batch;
+  };
+  auto answer_logprobs = [](CausalLM& lm, const at::Tensor& seq, const at::Tensor& mask) {
+    auto logits = lm.forward(seq, mask).logits;
+    return ppo::logprobs_from_logits(logits.slice(1, 0, -1), seq.slice(1, 1)).to(at::kFloat);
+  };
+
+  // ---- eval: greedy answers to held-out prompts, mean reward score and mean KL to the reference ----
+  std::vector<int64_t> eval_indices;
+  const int64_t n_eval = o_.eval_prompts > 0 ? std::min<int64_t>(o_.eval_prompts, held_out.size())
+                                             : static_cast<int64_t>(held_out.size());
+  for (int64_t i = 0; i < n_eval; ++i) eval_indices.push_back(i);
+  auto evaluate = [&](CausalLM& lm, int64_t step, const std::string& prefix) {
+    if (eval_indices.empty()) return;
+    double score_sum = 0.0, kl_sum = 0.0, len_sum = 0.0;
+    std::string sample;
+    SamplingOptions greedy = sampling;
+    greedy.do_sample = false;
+    for (size_t begin = 0; begin < eval_indices.size(); begin += o_.eval_batch_size) {
+      std::vector<int64_t> idx(eval_indices.begin() + begin,
+                               eval_indices.begin() + std::min(eval_indices.size(), begin + o_.eval_batch_size));
+      PromptBatch batch = prompts_of(held_out, idx);
+      GenerationResult out;
+      {
+        GenerationView view(lm);
+        out = generator->generate(lm, batch.input_ids.to(device), batch.attention_mask.to(device), greedy);
+      }
+      at::NoGradGuard no_grad;
+      const int64_t P = out.prompt_length;
+      auto seq = out.sequences;
+      auto mask = experience_mask(seq, pad_id);
+      auto score = ppo_rollout::rollout_scores(*reward, seq, pad_id, P);
+      auto logp = answer_logprobs(lm, seq, mask);
+      auto ref = answer_logprobs(*reference, seq, mask);
+      auto action = mask.slice(1, P).to(at::kFloat);  // actions from start = P - 1
+      kl_sum += ((logp.slice(1, P - 1) - ref.slice(1, P - 1)) * action).sum().item<double>();
+      score_sum += score.sum().item<double>();
+      len_sum += out.answer_mask.sum().item<double>();
+      if (sample.empty()) {
+        auto row = out.sequences[0].slice(0, P).to(at::kCPU);
+        std::vector<int64_t> ids(row.data_ptr<int64_t>(), row.data_ptr<int64_t>() + row.numel());
+        sample = tokenizer->decode(ids, /*skip_special_tokens=*/true);
+      }
+    }
+    const double n = static_cast<double>(eval_indices.size());
+    metrics.scalar(prefix + "reward", score_sum / n, step);
+    metrics.scalar(prefix + "kl", kl_sum / n, step);
+    metrics.scalar(prefix + "answer_len", len_sum / n, step);
+    std::cout << fmt::format("stage {}: step {} {}reward {:.4f} {}kl {:.4f} answer_len {:.1f} ({} prompts); e.g. "
+                             "\"{}\"\n",
+                             stage, step, prefix, score_sum / n, prefix, kl_sum / n, len_sum / n, eval_indices.size(),
+                             sample);
+  };
+
+  // ---- PTX: pretraining texts as eos-joined blocks of max_seq_len tokens (DeepSpeed-Chat's group_texts) ----
+  std::vector<std::vector<int64_t>> ptx_blocks;
+  size_t ptx_next = 0;
+  if (o_.enable_ptx) {
+    const int64_t block = data.limits().max_seq_len;
+    std::vector<int64_t> stream;
+    for (const auto& text : ptx_texts) {
+      auto ids = tokenizer->encode(text, /*add_special_tokens=*/true);
+      stream.insert(stream.end(), ids.begin(), ids.end());
+      stream.push_back(pad_id);
+    }
+    for (size_t i = 0; i + block <= stream.size(); i += block)
+      ptx_blocks.emplace_back(stream.begin() + i, stream.begin() + i + block);
+    if (ptx_blocks.empty()) ptx_blocks.push_back(stream);
+  }
+
+  // ---- experience ----
+  std::optional<Experience> last_valid;
+  int64_t rollout = 0;
+  auto make_experience = [&](const std::vector<int64_t>& indices, double& gen_s, double& exp_s)
+      -> std::optional<Experience> {
+    PromptBatch batch = prompts_of(train, indices);
+    SamplingOptions options = sampling;
+    options.seed = ctx.seed() * 1000003ULL + static_cast<uint64_t>(rollout);
+    auto t0 = Clock::now();
+    GenerationResult out;
+    {
+      GenerationView view(*actor);
+      out = generator->generate(*actor, batch.input_ids.to(device), batch.attention_mask.to(device), options);
+    }
+    gen_s = seconds_since(t0);
+    t0 = Clock::now();
+    const int64_t P = out.prompt_length;
+    auto gen_logprobs = out.logprobs;
+    if (o_.debug_corrupt_generation_logprobs != 0.0)
+      gen_logprobs = (gen_logprobs + o_.debug_corrupt_generation_logprobs) * out.answer_mask.to(at::kFloat);
+    const double diff = logprob_consistency(*actor, out.sequences, out.attention_mask, P, gen_logprobs,
+                                            o_.consistency_sample_rows);
+    metrics.scalar("consistency/max_abs_diff", diff, actor_engine->global_step());
+    if (!(diff <= threshold))
+      throw ConsistencyError(fmt::format(
+          "stage {}: rollout {}: the generation path's log-probs differ from the training path's by {:.3g} "
+          "(consistency_threshold {:.3g}); the hybrid engine's generation view or the generation plugin computes a "
+          "different model than training does (LoRA fusion, cache, positions, masks or dtype)",
+          stage, rollout, diff, threshold));
+
+    auto keep = rows_to_keep(out.sequences, P, pad_id);
+    const int64_t dropped = out.sequences.size(0) - keep.size(0);
+    metrics.scalar("rollout/dropped_rows", static_cast<double>(dropped), actor_engine->global_step());
+    if (keep.size(0) == 0) {
+      // DeepSpeed-Chat reuses the last valid batch when every answer is too short.
+      std::cout << fmt::format("stage {}: rollout {}: every answer has <= 1 token; {}\n", stage, rollout,
+                               last_valid ? "reusing the previous rollout" : "skipping it");
+      return last_valid;
+    }
+    Experience e;
+    e.prompt_length = P;
+    e.seq = out.sequences.index_select(0, keep);
+    e.attention_mask = experience_mask(e.seq, pad_id);
+    at::NoGradGuard no_grad;
+    actor_engine->train(true);  // DeepSpeed-Chat computes the old log-probs in train mode (its scripts set dropout 0)
+    e.old_logprobs = ppo::logprobs_from_logits(actor_engine->forward(e.seq, e.attention_mask).logits.slice(1, 0, -1),
+                                               e.seq.slice(1, 1))
+                         .to(at::kFloat);
+    e.ref_logprobs = answer_logprobs(*reference, e.seq, e.attention_mask);
+    e.score = ppo_rollout::rollout_scores(*reward, e.seq, pad_id, P).to(at::kFloat);
+    auto hidden = critic_engine->forward(e.seq, e.attention_mask, /*return_hidden=*/true, false).hidden;
+    e.values = critic->values_from_hidden(hidden).slice(1, 0, -1).to(at::kFloat);
+    exp_s = seconds_since(t0);
+    last_valid = e;
+    return e;
+  };
+
+  // ---- training on buffered experience ----
+  bool stop = false;
+  auto after_actor_step = [&](const StepResult& r) {
+    if (!r.applied) return;
+    for (const auto& hook : ctx.hooks()) hook->after_optimizer_step(*actor, {actor_engine->global_step()});
+  };
+  auto ptx_step = [&] {
+    std::vector<at::Tensor> rows;
+    for (int64_t i = 0; i < o_.training_batch_size; ++i) {
+      const auto& b = ptx_blocks[ptx_next++ % ptx_blocks.size()];
+      rows.push_back(at::tensor(b, at::kLong));
+    }
+    auto ids = at::stack(rows).to(device);
+    auto mask = at::ones_like(ids);
+    auto logits = actor_engine->forward(ids, mask).logits;
+    const int64_t V = logits.size(-1);
+    auto loss = at::cross_entropy_loss(logits.slice(1, 0, -1).to(at::kFloat).reshape({-1, V}),
+                                       ids.slice(1, 1).reshape({-1}));
+    actor_engine->backward(loss * o_.unsup_coef);
+    after_actor_step(actor_engine->step());
+    return loss.item<double>();
+  };
+  struct TrainStats { double actor_loss = 0, critic_loss = 0, ptx_loss = 0; int64_t micro = 0, rows = 0; };
+  auto train_on = [&](const std::vector<Experience>& buffer) {
+    TrainStats s;
+    actor_engine->train(true);
+    critic_engine->train(true);
+    for (int64_t ep = 0; ep < o_.ppo_epochs && !stop; ++ep) {
+      for (const auto& e : buffer) {
+        const int64_t B = e.seq.size(0), start = e.prompt_length - 1;
+        for (int64_t r0 = 0; r0 < B && !stop; r0 += o_.training_batch_size) {
+          const int64_t r1 = std::min(B, r0 + o_.training_batch_size);
+          auto seq = e.seq.slice(0, r0, r1), mask = e.attention_mask.slice(0, r0, r1);
+          auto old_logp = e.old_logprobs.slice(0, r0, r1), ref_logp = e.ref_logprobs.slice(0, r0, r1);
+          auto action_mask = mask.slice(1, 1);
+          at::Tensor old_values = e.values.slice(0, r0, r1).clone(), advantages, returns;
+          {
+            at::NoGradGuard no_grad;
+            auto rewards = ppo::compute_rewards(old_logp, ref_logp, e.score.slice(0, r0, r1), action_mask, start,
+                                                o_.ppo);
+            ppo::mask_after_end(rewards, old_values, action_mask, start);
+            auto ar = ppo::get_advantages_and_returns(old_values, rewards, start, o_.ppo);
+            advantages = ar.advantages;
+            returns = ar.returns;
+          }
+          auto m = action_mask.slice(1, start).to(at::kFloat);
+          // actor
+          auto logits = actor_engine->forward(seq, mask).logits;
+          auto logp = ppo::logprobs_from_logits(logits.slice(1, 0, -1), seq.slice(1, 1)).to(at::kFloat);
+          auto a_loss = ppo::actor_loss(logp.slice(1, start), old_logp.slice(1, start), advantages, m, o_.ppo);
+          actor_engine->backward(a_loss);
+          after_actor_step(actor_engine->step());
+          if (o_.enable_ptx) s.ptx_loss += ptx_step();
+          // critic
+          auto hidden = critic_engine->forward(seq, mask, /*return_hidden=*/true, false).hidden;
+          auto values = critic->values_from_hidden(hidden).slice(1, 0, -1).to(at::kFloat);
+          auto c_loss = ppo::critic_loss(values.slice(1, start), old_values.slice(1, start), returns, m, o_.ppo);
+          critic_engine->backward(c_loss);
+          critic_engine->step();
+          s.actor_loss += a_loss.item<double>();
+          s.critic_loss += c_loss.item<double>();
+          ++s.micro;
+          s.rows += r1 - r0;
+          if (o_.max_steps > 0 && actor_engine->global_step() >= o_.max_steps) stop = true;
+        }
+      }
+    }
+    return s;
+  };
+
+  // ---- the loop ----
+  evaluate(*actor, 0, "eval/");
+  ctx.progress().start(stage, total);
+  const auto& dims = actor->dims();
+  const auto& cdims = critic->base->dims();
+  const double k_actor = actor_opt.gradient_checkpointing ? 4.0 : 3.0;
+  const double k_critic = critic_opt.gradient_checkpointing ? 4.0 : 3.0;
+  std::vector<Experience> buffer;
+  double buf_gen_s = 0, buf_exp_s = 0, buf_gen_flops = 0, buf_rollout_rows = 0, reward_sum = 0, kl_sum = 0;
+  auto flush = [&] {
+    if (buffer.empty()) return;
+    auto t0 = Clock::now();
+    TrainStats s = train_on(buffer);
+    const double train_s = seconds_since(t0);
+    const int64_t step = actor_engine->global_step();
+    double train_flops = 0;
+    for (const auto& e : buffer) {
+      const double B = static_cast<double>(e.seq.size(0)) * o_.ppo_epochs, L = static_cast<double>(e.seq.size(1));
+      train_flops += megatron_flops(k_actor, B, L, dims) + megatron_flops(k_critic, B, L, cdims);
+    }
+    const double n = static_cast<double>(std::max<int64_t>(s.micro, 1));
+    metrics.scalar("reward/mean", reward_sum / buf_rollout_rows, step);
+    metrics.scalar("kl/mean", kl_sum / buf_rollout_rows, step);
+    metrics.scalar("actor/loss", s.actor_loss / n, step);
+    metrics.scalar("critic/loss", s.critic_loss / n, step);
+    if (o_.enable_ptx) metrics.scalar("ptx/loss", s.ptx_loss / n, step);
+    metrics.scalar("actor/lr", actor_engine->lr(), step);
+    metrics.scalar("time/generation_s", buf_gen_s, step);
+    metrics.scalar("time/experience_s", buf_exp_s, step);
+    metrics.scalar("time/training_s", train_s, step);
+    metrics.scalar("samples_per_s", buf_rollout_rows / (buf_gen_s + buf_exp_s + train_s), step);
+    metrics.scalar("tflops_generation", buf_gen_flops / buf_gen_s / 1e12, step);
+    metrics.scalar("tflops_training", train_flops / train_s / 1e12, step);
+    ctx.progress().update(step,
+                          {{"reward", reward_sum / buf_rollout_rows},
+                           {"kl", kl_sum / buf_rollout_rows},
+                           {"actor_loss", s.actor_loss / n},
+                           {"critic_loss", s.critic_loss / n}},
+                          static_cast<int64_t>(buf_rollout_rows));
+    buffer.clear();
+    buf_gen_s = buf_exp_s = buf_gen_flops = buf_rollout_rows = reward_sum = kl_sum = 0;
+  };
+
+  for (int64_t epoch = 0; epoch < o_.epochs && !stop; ++epoch) {
+    for (const auto& indices : epoch_batches(static_cast<int64_t>(train.size()), o_.generation_batch_size,
+                                             ctx.seed(), epoch)) {
+      if (stop) break;
+      double gen_s = 0, exp_s = 0;
+      auto e = make_experience(indices, gen_s, exp_s);
+      ++rollout;
+      if (!e) continue;
+      {
+        at::NoGradGuard no_grad;
+        const int64_t P = e->prompt_length;
+        auto action = e->attention_mask.slice(1, P).to(at::kFloat);
+        kl_sum += ((e->old_logprobs.slice(1, P - 1) - e->ref_logprobs.slice(1, P - 1)) * action).sum().item<double>();
+        reward_sum += e->score.sum().item<double>();
+      }
+      buf_gen_s += gen_s;
+      buf_exp_s += exp_s;
+      buf_rollout_rows += static_cast<double>(e->seq.size(0));
+      // Generation as DeepSpeed-Chat counts it: forward-only (k = 1) over the whole sequence.
+      buf_gen_flops += megatron_flops(1.0, static_cast<double>(indices.size()), static_cast<double>(e->seq.size(1)),
+                                      dims);
+      buffer.push_back(std::move(*e));
+      if (static_cast<int64_t>(buffer.size()) == o_.generation_batches) flush();
+      if (o_.eval_interval > 0 && rollout % o_.eval_interval == 0) evaluate(*actor, actor_engine->global_step(), "eval/");
+    }
+  }
+  flush();
+  ctx.progress().finish();
+  const int64_t final_step = actor_engine->global_step();
+  evaluate(*actor, final_step, "eval/");
+
+  for (const auto& hook : ctx.hooks()) hook->on_train_end(*actor, ctx.stage_dir());
+  // The EMA (written by the `ema` hook) evaluated the same way as the actor.
+  const fs::path ema_dir = ctx.stage_dir() / "ema";
+  if (fs::exists(ema_dir / "config.json")) {
+    auto ema = handle.family->from_pretrained(ema_dir, handle.options);
+    ema->to(device);
+    evaluate(*ema, final_step, "eval/ema_");
+  }
+
+  const fs::path final_dir = ctx.stage_dir() / "final";
+  handle.family->export_hf(*actor, final_dir);
+  tokenizer->save(final_dir);
+  if (o_.save_critic) {
+    nlohmann::json conventions = {{"pad_token_id", pad_id}};
+    std::ifstream in(ctx.model_dir("critic") / "reward_model.json");
+    if (in) conventions = nlohmann::json::parse(in);
+    save_reward_model(*critic, *ctx.model("critic").family, ctx.tokenizer("critic").get(), ctx.stage_dir() / "critic",
+                      conventions);
+  }
+}
+
+}  // namespace
+
+DSCHAT_PLUGIN("ppo", "0.1.0", "DeepSpeed-Chat step 3: PPO with a reward model (hybrid engine, EMA, PTX)") {
+  registrar.add<dschat::Algorithm>("ppo", "PPO: actor + critic trained on the reward model's scores",
+                                   [](const dschat::ConfigTable& options) { return std::make_shared<Ppo>(options); });
+}

@@ -1,0 +1,190 @@
+// The `ppo` algorithm beyond ppo_math (tested in test_ppo_math.cpp): DeepSpeed-Chat's row dropping and reward
+// scoring positions in a rollout, a short PPO run through the host registry that raises the mean held-out score of
+// a synthetic reward model, and the hybrid engine's consistency check stopping a run whose generation path lies.
+#include <gtest/gtest.h>
+
+#include <ATen/Context.h>
+#include <ATen/ops/randn.h>
+#include <ATen/ops/tensor.h>
+#include <c10/core/GradMode.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "../../plugins/algorithms/ppo/rollout.h"
+#include "dschat/framework/pipeline.h"
+#include "dschat/framework/registry.h"
+#include "dschat/framework/runner.h"
+#include "dschat/sdk/config_document.h"
+#include "dschat/sdk/reward_model.h"
+#include "dschat/sdk/safetensors.h"
+
+namespace fs = std::filesystem;
+using namespace dschat;
+
+namespace {
+
+const fs::path kQuickstart = fs::path(DSCHAT_SOURCE_DIR) / "configs" / "quickstart";
+
+PluginRegistry& registry() {
+  static PluginRegistry* r = [] {
+    auto* registry = new PluginRegistry();  // never destroyed: objects it made keep their libraries loaded
+    registry->discover({{fs::path(DSCHAT_BINARY_DIR) / "lib" / "dschat" / "plugins", PluginOrigin::pipeline}});
+    return registry;
+  }();
+  return *r;
+}
+
+at::Tensor ids(std::vector<std::vector<int64_t>> rows) {
+  std::vector<int64_t> flat;
+  for (auto& r : rows) flat.insert(flat.end(), r.begin(), r.end());
+  return at::tensor(flat, at::kLong).reshape({static_cast<int64_t>(rows.size()), -1});
+}
+
+std::vector<nlohmann::json> read_metrics(const fs::path& stage_dir) {
+  std::vector<nlohmann::json> rows;
+  std::ifstream in(stage_dir / "metrics.jsonl");
+  for (std::string line; std::getline(in, line);) rows.push_back(nlohmann::json::parse(line));
+  return rows;
+}
+std::vector<double> values_of(const std::vector<nlohmann::json>& rows, const std::string& tag) {
+  std::vector<double> out;
+  for (const auto& r : rows)
+    if (r["tag"] == tag && r["value"].is_number()) out.push_back(r["value"].get<double>());
+  return out;
+}
+
+// A folder with the quickstart's tiny OPT config and tokenizer (built with random weights by the pipeline) and a
+// synthetic reward: value_head.safetensors with a fixed random direction, so the score of an answer is that
+// direction times the final hidden state at its last token.
+fs::path make_models(const fs::path& root) {
+  const fs::path model = root / "model";
+  fs::create_directories(model);
+  for (const char* f : {"config.json", "tokenizer.json", "tokenizer_config.json"})
+    fs::copy_file(kQuickstart / "model" / f, model / f, fs::copy_options::overwrite_existing);
+  at::manual_seed(7);
+  const int64_t hidden = 128;
+  auto head = at::randn({1, hidden}) * (3.0 / std::sqrt(static_cast<double>(hidden)));
+  safetensors::save_file(model / "value_head.safetensors", {{"v_head.weight", head}});
+  return model;
+}
+
+fs::path write_pipeline(const fs::path& root, const std::string& ppo_extra) {
+  const fs::path model = make_models(root);
+  std::ostringstream toml;
+  toml << "[pipeline]\nname = \"ppo-test\"\noutput_dir = \"" << (root / "run").string() << "\"\nseed = 11\n"
+       << "[models.actor]\npath = \"" << model.string() << "\"\ninit = \"random\"\n"
+       << "[models.rm]\npath = \"" << model.string() << "\"\ninit = \"random\"\n"
+       << "[data]\ndatasets = [\"" << (kQuickstart / "data" / "requests.jsonl").string() << "\"]\n"
+       << "split = [0, 0, 1]\neval_fraction = 0.02\nmax_seq_len = 96\nmax_prompt_seq_len = 32\n"
+       << "[[stage]]\nname = \"rlhf\"\nalgorithm = \"ppo\"\nactor = \"actor\"\ncritic = \"rm\"\n"
+       << "per_device_generation_batch_size = 16\nper_device_training_batch_size = 16\n"
+       << "actor_learning_rate = 3e-3\ncritic_learning_rate = 1e-3\nnum_warmup_steps = 0\n"
+       << "lr_scheduler = \"constant\"\neval_prompts = 32\n"
+       << "generation = { plugin = \"kv-cache\", max_new_tokens = 3, do_sample = true }\n"
+       << "hooks = [{ plugin = \"ema\", beta = 0.5 }]\n"
+       << ppo_extra;
+  const fs::path file = root / "pipeline.toml";
+  std::ofstream(file) << toml.str();
+  return file;
+}
+
+fs::path fresh_dir(const std::string& name) {
+  const fs::path dir = fs::path(DSCHAT_BINARY_DIR) / "test-data" / name;
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  return dir;
+}
+
+}  // namespace
+
+TEST(PpoRollout, DropsRowsWithAtMostOneAnswerToken) {
+  // pad = 1; prompts are 3 columns (the first row's BOS is the pad id, as OPT's </s> is, and must not count).
+  auto seq = ids({{1, 4, 4, 1, 1, 1},    // empty answer
+                  {1, 4, 4, 5, 1, 1},    // one token: dropped, as DeepSpeed-Chat's valid_ans_len > 1 check does
+                  {4, 4, 4, 5, 6, 1},    // two tokens: kept
+                  {1, 1, 4, 5, 6, 7}});  // full answer, left-padded prompt: kept
+  auto keep = ppo_rollout::rows_to_keep(seq, 3, 1);
+  ASSERT_EQ(keep.numel(), 2);
+  EXPECT_EQ(keep[0].item<int64_t>(), 2);
+  EXPECT_EQ(keep[1].item<int64_t>(), 3);
+  // The training-side mask hides BOS, prompt padding and the answer's padding alike.
+  auto mask = ppo_rollout::experience_mask(seq, 1);
+  EXPECT_EQ(mask[0].sum().item<int64_t>(), 2);
+  EXPECT_EQ(mask[3].sum().item<int64_t>(), 4);
+
+  auto m = ids({{0, 0, 1, 1}, {0, 1, 1, 1}});
+  auto x = ids({{9, 9, 2, 3}, {9, 4, 5, 6}});
+  ppo_rollout::trim_left_padding(x, m);
+  EXPECT_TRUE(x.equal(ids({{9, 2, 3}, {4, 5, 6}})));
+  EXPECT_TRUE(m.equal(ids({{0, 1, 1}, {1, 1, 1}})));
+}
+
+TEST(PpoRollout, ScoresTheLastAnswerTokenBeforeEos) {
+  auto family = registry().create<ModelFamily>("opt", ConfigDocument::parse_string("", "<test>", ".")->root());
+  at::manual_seed(3);
+  auto config = read_hf_config(kQuickstart / "model");
+  auto model = std::make_shared<RewardModel>(family->build(config, {}));
+  auto& rm = *model;
+  {
+    at::NoGradGuard no_grad;
+    rm.v_head->weight.normal_();
+  }
+  at::NoGradGuard no_grad;
+  const int64_t pad = 0, P = 3;  // pad == eos == BOS, as in the quickstart tokenizer
+  // Row 0 ends with eos then padding; row 1 fills every column (no eos).
+  auto seq = ids({{0, 17, 18, 30, 31, 0, 0, 0}, {0, 20, 21, 40, 41, 42, 43, 44}});
+  auto scores = ppo_rollout::rollout_scores(rm, seq, pad, P);
+  // Reference: the reward model on the row cut right after its last answer token, nothing after it.
+  auto cut = seq.slice(0, 0, 1).slice(1, 0, 5);
+  auto expected0 = rm.values(cut, ppo_rollout::experience_mask(cut, pad))[0][4].item<double>();
+  auto full = rm.values(seq, ppo_rollout::experience_mask(seq, pad));
+  EXPECT_NEAR(scores[0].item<double>(), expected0, 1e-5);
+  EXPECT_GT(std::abs(scores[0].item<double>() - full[0][3].item<double>()), 1e-4);  // not the token before
+  EXPECT_NEAR(scores[1].item<double>(), full[1][7].item<double>(), 1e-6);         // no eos: the last column
+}
+
+TEST(Ppo, ShortRunRaisesTheHeldOutScoreAndWritesItsOutputs) {
+  const fs::path root = fresh_dir("ppo-run");
+  auto file = write_pipeline(root, "max_steps = 12\nkl_ctl = 0.05\n");
+  auto pipeline = load_pipeline(file, {}, registry());
+  ASSERT_TRUE(run_pipeline(pipeline, registry()));
+
+  const fs::path stage = root / "run" / "rlhf";
+  auto rows = read_metrics(stage);
+  auto eval = values_of(rows, "eval/reward");
+  ASSERT_GE(eval.size(), 2u);
+  EXPECT_GT(eval.back(), eval.front() + 0.5) << "held-out mean score from " << eval.front() << " to " << eval.back();
+  auto diffs = values_of(rows, "consistency/max_abs_diff");
+  ASSERT_EQ(diffs.size(), 12u);  // one check per rollout
+  for (double d : diffs) EXPECT_LT(d, 1e-3);
+  for (const char* tag : {"reward/mean", "kl/mean", "actor/loss", "critic/loss", "time/generation_s",
+                          "time/training_s", "samples_per_s", "tflops_generation", "tflops_training",
+                          "eval/ema_reward", "eval/kl"})
+    EXPECT_FALSE(values_of(rows, tag).empty()) << tag;
+  for (const char* f : {"final/config.json", "final/tokenizer.json", "ema/config.json", "critic/value_head.safetensors",
+                        "critic/reward_model.json"})
+    EXPECT_TRUE(fs::exists(stage / f)) << f;
+}
+
+TEST(Ppo, CorruptedGenerationLogprobsStopTheRun) {
+  const fs::path root = fresh_dir("ppo-corrupt");
+  auto file = write_pipeline(root, "max_steps = 3\ndebug_corrupt_generation_logprobs = 0.25\n");
+  auto pipeline = load_pipeline(file, {}, registry());
+  ::testing::internal::CaptureStderr();
+  const bool ok = run_pipeline(pipeline, registry());
+  const std::string err = ::testing::internal::GetCapturedStderr();
+  EXPECT_FALSE(ok);
+  EXPECT_NE(err.find("rollout 0: the generation path's log-probs differ from the training path's by 0.25"),
+            std::string::npos)
+      << err;
+  EXPECT_NE(err.find("consistency_threshold 0.001"), std::string::npos) << err;
+  auto diffs = values_of(read_metrics(root / "run" / "rlhf"), "consistency/max_abs_diff");
+  ASSERT_EQ(diffs.size(), 1u);  // logged before the run stops
+  EXPECT_NEAR(diffs[0], 0.25, 1e-3);
+  EXPECT_FALSE(fs::exists(root / "run" / "rlhf" / "final"));
+}
