@@ -57,6 +57,12 @@ DSCHAT_SDK_API at::Tensor checkpointed(std::function<at::Tensor(const at::Tensor
 // ---- the single-process engine -----------------------------------------------------------------------------
 // AdamW over fp32 parameters; a bf16 / fp16 model trains on fp32 master copies (as DeepSpeed's bf16 and fp16
 // optimizers do), the fp16 one with a dynamic loss scale.
+//
+// Mixed precision follows the model's dtype ([models.X] dtype = "bf16") rather than at::autocast: LibTorch 2.11's
+// CPU autocast works, but it keeps fp32 weights and re-casts them to bf16 in every forward (and again in the
+// recomputation of checkpointed blocks), while bf16 weights halve parameter memory and match what DeepSpeed-Chat
+// runs with --dtype bf16. The checkpointing Function still saves and restores the autocast state, so a caller
+// that enables autocast itself gets the same casts in the recomputation.
 DSCHAT_SDK_API std::unique_ptr<Engine> make_local_engine(std::shared_ptr<torch::nn::Module> module,
                                                          std::shared_ptr<CausalLM> lm, const OptimizerOptions& options,
                                                          at::Device device, std::string strategy_description);

@@ -1,0 +1,101 @@
+// Times SFT training steps (forward, causal-LM loss, backward, clip, AdamW, schedule) through the SDK's local
+// engine on a model plugin with random weights: dschat's half of bench_sft_train.py.
+//
+//   bench_sft PLUGIN.so CONFIG.json BATCH TOKENS DTYPE(f32|bf16) STEPS THREADS [checkpointing 0|1]
+//
+// Prints one JSON line: {"dtype":..., "median_ms":..., "min_ms":..., "tokens_per_s":..., "losses":[...]}.
+#include <dlfcn.h>
+
+#include <algorithm>
+#include <chrono>
+#include <iostream>
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <nlohmann/json.hpp>
+
+#include "dschat/sdk/config_document.h"
+#include "dschat/sdk/model.h"
+#include "dschat/sdk/optim.h"
+#include "dschat/sdk/plugin.h"
+
+using namespace dschat;
+
+int main(int argc, char** argv) try {
+  if (argc != 8 && argc != 9) {
+    std::cerr << "usage: bench_sft PLUGIN.so CONFIG.json BATCH TOKENS f32|bf16 STEPS THREADS [checkpointing]\n";
+    return 2;
+  }
+  const std::string plugin = argv[1];
+  const auto config = read_hf_config(argv[2]);
+  const int64_t batch = std::stoll(argv[3]), tokens = std::stoll(argv[4]);
+  const std::string dtype_name = argv[5];
+  const int steps = std::stoi(argv[6]);
+  at::set_num_threads(std::stoi(argv[7]));
+  const bool checkpointing = argc == 9 && std::string(argv[8]) == "1";
+  const auto dtype = dtype_name == "bf16" ? at::kBFloat16 : at::kFloat;
+
+  void* handle = dlopen(plugin.c_str(), RTLD_NOW | RTLD_LOCAL);
+  if (handle == nullptr) throw std::runtime_error(std::string("dlopen: ") + dlerror());
+  auto manifest = reinterpret_cast<dschat_manifest_fn>(dlsym(handle, DSCHAT_MANIFEST_SYMBOL))();
+  Registrar registrar;
+  char error[512] = {0};
+  if (manifest->register_factories(&registrar, error, sizeof error) != 0) throw std::runtime_error(error);
+  auto document = ConfigDocument::parse_string("", "bench", ".");
+  std::shared_ptr<ModelFamily> family;
+  for (const auto& entry : registrar.entries())
+    if (entry.kind == ModelFamily::kind) family = std::static_pointer_cast<ModelFamily>(entry.make(document->root()));
+  if (!family) throw std::runtime_error(plugin + " offers no model family");
+
+  at::manual_seed(0);
+  auto model = family->build(config, {.dtype = dtype});
+  OptimizerOptions options;
+  options.learning_rate = 1e-5;  // small: the timing must not depend on where training goes
+  options.lr_scheduler = "cosine";
+  options.total_steps = steps + 1;
+  options.gradient_checkpointing = checkpointing;
+  auto engine = make_local_engine(model, model, options, at::kCPU, "bench");
+  engine->train(true);
+  auto ids = at::randint(3, model->dims().vocab_size, {batch, tokens}, at::kLong);
+  auto mask = at::ones({batch, tokens}, at::kLong);
+  std::vector<double> ms;
+  double forward_ms = 0, backward_ms = 0, step_ms = 0;
+  auto since = [](auto start) {
+    return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+  };
+  nlohmann::json losses = nlohmann::json::array();
+  for (int i = 0; i < steps + 1; ++i) {  // the first step warms up allocators and creates the Adam state
+    auto start = std::chrono::steady_clock::now();
+    auto logits = engine->forward(ids, mask).logits;
+    const int64_t V = logits.size(-1);
+    auto loss = at::cross_entropy_loss(logits.slice(1, 0, -1).to(at::kFloat).reshape({-1, V}),
+                                       ids.slice(1, 1).reshape({-1}));
+    losses.push_back(loss.item<double>());
+    const double f = since(start);
+    engine->backward(loss);
+    const double b = since(start) - f;
+    engine->step();
+    const double total = since(start);
+    if (i > 0) {
+      ms.push_back(total);
+      forward_ms += f / steps;
+      backward_ms += b / steps;
+      step_ms += (total - f - b) / steps;
+    }
+  }
+  std::sort(ms.begin(), ms.end());
+  nlohmann::json out = {{"dtype", dtype_name},
+                        {"median_ms", ms[ms.size() / 2]},
+                        {"min_ms", ms.front()},
+                        {"tokens_per_s", static_cast<double>(batch * tokens) / (ms[ms.size() / 2] / 1e3)},
+                        {"losses", losses},
+                        {"forward_ms", forward_ms},
+                        {"backward_ms", backward_ms},
+                        {"optimizer_ms", step_ms},
+                        {"engine", engine->describe()}};
+  std::cout << out.dump() << std::endl;
+  return 0;
+} catch (const std::exception& e) {
+  std::cerr << "bench_sft: " << e.what() << "\n";
+  return 1;
+}
