@@ -114,7 +114,9 @@ int command_plugins(const std::vector<std::string>& args) {
   if (vm->count("path"))
     for (const auto& p : (*vm)["path"].as<std::vector<std::string>>()) extra.emplace_back(p);
   PluginRegistry registry;
-  registry.discover(PluginRegistry::search_paths(extra));
+  auto paths = PluginRegistry::search_paths(extra);
+  for (size_t i = 0; i < extra.size(); ++i) paths[i].origin = PluginOrigin::command_line;
+  registry.discover(paths);
   std::cout << (vm->count("json") ? registry.table_json() + "\n" : registry.table_text());
   return kExitOk;
 }

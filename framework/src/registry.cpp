@@ -23,7 +23,7 @@ const char* origin_name(PluginOrigin origin) {
     case PluginOrigin::pipeline: return "pipeline [plugins].paths";
     case PluginOrigin::environment: return "DSCHAT_PLUGIN_PATH";
     case PluginOrigin::default_folder: return "default folder";
-    case PluginOrigin::explicit_file: return "explicit";
+    case PluginOrigin::command_line: return "--path";
   }
   return "?";
 }

@@ -12,7 +12,7 @@ ninja -C "$work/hello" >"$work/build.log" 2>&1 || { cat "$work/build.log"; exit 
 plugin="$work/hello/libdschat-hello.so"
 table="$("$work/prefix/bin/dschat" plugins --path "$plugin")"
 echo "$table"
-echo "$table" | grep -E "^hook +step-counter +0\.0\.1 +ok +.*libdschat-hello\.so \(pipeline" >/dev/null
+echo "$table" | grep -E "^hook +step-counter +0\.0\.1 +ok +.*libdschat-hello\.so \(--path\)" >/dev/null
 # The installed host also finds the in-tree plugins in its own default folder.
 if ls "$work/prefix/lib/dschat/plugins/"*.so >/dev/null 2>&1; then
   echo "$table" | grep -E "\(default folder\)" >/dev/null

@@ -26,7 +26,7 @@ class PluginError : public std::runtime_error {
 };
 
 // Where a library was found, in discovery order.
-enum class PluginOrigin { pipeline, environment, default_folder, explicit_file };
+enum class PluginOrigin { pipeline, environment, default_folder, command_line };
 const char* origin_name(PluginOrigin origin);
 
 struct PluginSearchPath {
