@@ -45,7 +45,9 @@ class Reward : public Algorithm {
   void run(StageContext& context) override {
     auto handle = context.model("model");
     auto tokenizer = context.tokenizer("model");
-    auto rm = std::make_shared<RewardModel>(context.load_model("model"));
+    auto base = context.load_model("model");
+    if (options_.dtype) base->to(*options_.dtype);
+    auto rm = std::make_shared<RewardModel>(base);
     if (options_.lora_dim > 0) {
       auto targets = options_.lora_targets.empty() ? handle.family->lora_target_modules() : options_.lora_targets;
       LoraOptions lora;

@@ -46,6 +46,7 @@ class Sft : public Algorithm {
     auto handle = context.model("model");
     auto tokenizer = context.tokenizer("model");
     auto lm = context.load_model("model");
+    if (options_.dtype) lm->to(*options_.dtype);
     if (options_.lora_dim > 0) {
       auto targets = options_.lora_targets.empty() ? handle.family->lora_target_modules() : options_.lora_targets;
       LoraOptions lora;

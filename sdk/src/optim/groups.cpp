@@ -102,6 +102,10 @@ TrainOptions read_train_options(const ConfigTable& t, const TrainDefaults& defau
   o.lora_targets = t.get_string_list("lora_targets", std::vector<std::string>{});
   o.only_optimize_lora = t.get_bool("only_optimize_lora", false);
   if (o.only_optimize_lora && o.lora_dim == 0) t.fail("only_optimize_lora", "needs lora_dim > 0");
+  if (t.has("dtype")) {
+    auto d = t.get_choice("dtype", {"fp32", "bf16", "fp16"});
+    o.dtype = d == "bf16" ? at::kBFloat16 : d == "fp16" ? at::kHalf : at::kFloat;
+  }
 
   auto& opt = o.optimizer;
   opt.learning_rate = t.get_float("learning_rate", defaults.learning_rate, 0.0);

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -86,12 +87,13 @@ struct TrainOptions {
   std::string lora_module_name;
   std::vector<std::string> lora_targets;  // empty: the family's lora_target_modules()
   bool only_optimize_lora = false;
+  std::optional<at::ScalarType> dtype;  // `dtype` = "fp32" | "bf16" | "fp16": overrides [models.X].dtype
   OptimizerOptions optimizer;
 };
 // Reads the shared keys: model, epochs, per_device_{train,eval}_batch_size, gradient_accumulation_steps,
 // learning_rate, lora_learning_rate, weight_decay, lr_scheduler, num_warmup_steps, max_steps, eval_interval,
 // eval_iters, checkpoint_interval, lora_dim, lora_scaling, lora_module_name, lora_targets, only_optimize_lora,
-// gradient_checkpointing, max_grad_norm.
+// gradient_checkpointing, max_grad_norm, dtype.
 DSCHAT_SDK_API TrainOptions read_train_options(const ConfigTable& table, const TrainDefaults& defaults);
 
 }  // namespace dschat
