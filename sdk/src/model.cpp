@@ -1,4 +1,7 @@
 #include "dschat/sdk/model.h"
+#include "dschat/sdk/nn/init.h"
+
+#include <c10/core/DefaultDtype.h>
 
 #include <fstream>
 #include <set>
@@ -327,7 +330,17 @@ std::shared_ptr<CausalLM> ModelFamily::from_pretrained(const fs::path& dir, cons
   }
   std::shared_ptr<CausalLM> model;
   try {
-    model = build(config, options);
+    SkipWeightInit every_weight_comes_from_the_checkpoint;
+    // Allocate in the target dtype from the start: no f32 copy of the model to convert (and page in) first.
+    const auto previous_default = c10::get_default_dtype();
+    if (at::isFloatingType(options.dtype)) c10::set_default_dtype(c10::scalarTypeToTypeMeta(options.dtype));
+    try {
+      model = build(config, options);
+    } catch (...) {
+      c10::set_default_dtype(previous_default);
+      throw;
+    }
+    c10::set_default_dtype(previous_default);
   } catch (const std::exception& e) {
     throw CheckpointError((dir / "config.json").string() + ": " + e.what());
   }

@@ -2,6 +2,7 @@
 #include <torch/nn/init.h>
 
 #include "dschat/sdk/nn/embedding.h"
+#include "dschat/sdk/nn/init.h"
 #include "dschat/sdk/nn/mlp.h"
 #include "dschat/sdk/nn/norm.h"
 #include "dschat/sdk/nn/value_head.h"
@@ -27,7 +28,7 @@ at::Tensor RMSNormImpl::forward(const at::Tensor& x) {
 
 TokenEmbeddingImpl::TokenEmbeddingImpl(int64_t num_embeddings, int64_t dim) {
   weight = register_parameter("weight", at::empty({num_embeddings, dim}));
-  torch::nn::init::normal_(weight, 0.0, 0.02);
+  init_normal(weight, 0.0, 0.02);
 }
 
 at::Tensor TokenEmbeddingImpl::forward(const at::Tensor& ids) {
@@ -44,7 +45,7 @@ at::Tensor TokenEmbeddingImpl::forward(const at::Tensor& ids) {
 LearnedPositionalEmbeddingImpl::LearnedPositionalEmbeddingImpl(int64_t max_positions, int64_t dim, int64_t offset)
     : offset(offset) {
   weight = register_parameter("weight", at::empty({max_positions + offset, dim}));
-  torch::nn::init::normal_(weight, 0.0, 0.02);
+  init_normal(weight, 0.0, 0.02);
 }
 
 at::Tensor LearnedPositionalEmbeddingImpl::forward(const at::Tensor& position_ids) {
@@ -95,7 +96,7 @@ at::Tensor GatedMlpImpl::forward(const at::Tensor& x) {
 
 ValueHeadImpl::ValueHeadImpl(int64_t hidden_size) {
   weight = register_parameter("weight", at::empty({1, hidden_size}));
-  torch::nn::init::normal_(weight, 0.0, 0.02);
+  init_normal(weight, 0.0, 0.02);
 }
 
 at::Tensor ValueHeadImpl::forward(const at::Tensor& hidden) { return at::linear(hidden, weight).squeeze(-1); }

@@ -4,6 +4,8 @@
 
 #include <torch/nn/init.h>
 
+#include "dschat/sdk/nn/init.h"
+
 namespace dschat {
 
 LoraLinearImpl::LoraLinearImpl(int64_t in_features, int64_t out_features, bool with_bias)
@@ -11,7 +13,7 @@ LoraLinearImpl::LoraLinearImpl(int64_t in_features, int64_t out_features, bool w
   TORCH_CHECK(in_features > 0 && out_features > 0, "Linear needs positive sizes, got ", in_features, " -> ",
               out_features);
   weight = register_parameter("weight", at::empty({out_features, in_features}));
-  torch::nn::init::normal_(weight, 0.0, 0.02);  // HF's initializer_range default; checkpoints overwrite it
+  init_normal(weight, 0.0, 0.02);  // HF's initializer_range default; checkpoints overwrite it
   if (with_bias) bias = register_parameter("bias", at::zeros({out_features}));
 }
 
