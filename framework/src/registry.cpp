@@ -181,6 +181,15 @@ void PluginRegistry::load_library(const std::filesystem::path& file, PluginOrigi
   }
 }
 
+std::string PluginRegistry::load_single(const std::filesystem::path& file, const std::string& kind) {
+  load_library(file, PluginOrigin::command_line);
+  const auto& library = libraries_.back();
+  if (!library->ok()) throw PluginError(fmt::format("{}: {}", library->file.string(), library->status));
+  for (const auto& e : entries_)
+    if (e.library == library && e.factory.kind == kind) return e.factory.name;
+  throw PluginError(fmt::format("{} offers no {} plugin", library->file.string(), kind));
+}
+
 std::vector<std::string> PluginRegistry::names(const std::string& kind) const {
   std::vector<std::string> out;
   for (const auto& e : entries_)

@@ -1,13 +1,12 @@
 // The model plugins on a CUDA device against transformers' CPU reference logits and greedy tokens (fixtures of
 // tools/make_model_fixtures.py, made by test_models). Skipped, saying why, in a CPU build or without a GPU:
 // run it on the GPU machine from a CUDA build (-DDSCHAT_CUDA=ON).
-#include <dlfcn.h>
-
 #include <cstdlib>
 
 #include <ATen/Context.h>
 #include <gtest/gtest.h>
 
+#include "dschat/framework/registry.h"
 #include "dschat/sdk/config_document.h"
 #include "dschat/sdk/device.h"
 #include "dschat/sdk/model.h"
@@ -30,17 +29,9 @@ fs::path plugin_dir() {
 }
 
 std::shared_ptr<ModelFamily> family(const std::string& name) {
-  const std::string file = (plugin_dir() / ("libdschat-" + name + ".so")).string();
-  void* handle = dlopen(file.c_str(), RTLD_NOW | RTLD_LOCAL);
-  if (handle == nullptr) throw std::runtime_error("dlopen " + file + ": " + dlerror());
-  auto manifest = reinterpret_cast<dschat_manifest_fn>(dlsym(handle, DSCHAT_MANIFEST_SYMBOL))();
-  Registrar registrar;
-  char error[512] = {0};
-  if (manifest->register_factories(&registrar, error, sizeof error) != 0) throw std::runtime_error(error);
+  static PluginRegistry registry;
   static auto document = ConfigDocument::parse_string("", "test", ".");
-  for (const auto& entry : registrar.entries())
-    if (entry.kind == ModelFamily::kind) return std::static_pointer_cast<ModelFamily>(entry.make(document->root()));
-  throw std::runtime_error(file + " registers no model family");
+  return registry.create_from_library<ModelFamily>(plugin_dir() / ("libdschat-" + name + ".so"), document->root());
 }
 
 class CudaParity : public ::testing::TestWithParam<std::string> {

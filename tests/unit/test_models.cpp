@@ -1,8 +1,6 @@
 // Model plugins (OPT, BLOOM, LLaMA) against transformers on tiny random checkpoints made by
 // tools/make_model_fixtures.py: logits with left padding, KV-cache decoding, greedy generation, export back to
 // transformers, dtype conversion, LoRA fuse/unfuse and bad checkpoints.
-#include <dlfcn.h>
-
 #include <cstdlib>
 #include <fstream>
 #include <mutex>
@@ -10,6 +8,7 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include "dschat/framework/registry.h"
 #include "dschat/sdk/config_document.h"
 #include "dschat/sdk/model.h"
 #include "dschat/sdk/nn/alibi.h"
@@ -43,25 +42,14 @@ void ensure_fixtures() {
   });
 }
 
-// What the host registry does: dlopen the plugin, read its manifest, register, call the factory.
+// Through the host's registry, exactly as `dschat` loads the plugin.
 std::shared_ptr<ModelFamily> load_family(const std::string& name) {
-  const std::string file = std::string(DSCHAT_BINARY_DIR) + "/lib/dschat/plugins/libdschat-" + name + ".so";
-  void* handle = dlopen(file.c_str(), RTLD_NOW | RTLD_LOCAL);  // never closed: objects it made outlive the test
-  if (handle == nullptr) throw std::runtime_error("dlopen " + file + ": " + dlerror());
-  auto manifest_fn = reinterpret_cast<dschat_manifest_fn>(dlsym(handle, DSCHAT_MANIFEST_SYMBOL));
-  if (manifest_fn == nullptr) throw std::runtime_error(file + ": no manifest");
-  const auto* manifest = manifest_fn();
-  Registrar registrar;
-  char error[512] = {0};
-  if (manifest->register_factories(&registrar, error, sizeof error) != 0) throw std::runtime_error(error);
+  static PluginRegistry registry;  // keeps every library it loaded; the families outlive each test
   static auto document = ConfigDocument::parse_string("", "test", ".");
-  for (const auto& entry : registrar.entries()) {
-    if (entry.kind == ModelFamily::kind && entry.name == name) {
-      EXPECT_EQ(entry.interface_version, ModelFamily::interface_version);
-      return std::static_pointer_cast<ModelFamily>(entry.make(document->root()));
-    }
-  }
-  throw std::runtime_error(file + " registers no model '" + name + "'");
+  const std::string file = std::string(DSCHAT_BINARY_DIR) + "/lib/dschat/plugins/libdschat-" + name + ".so";
+  auto family = registry.create_from_library<ModelFamily>(file, document->root());
+  EXPECT_EQ(family->model_type(), name);
+  return family;
 }
 
 std::shared_ptr<ModelFamily> family(const std::string& plugin) {

@@ -3,8 +3,6 @@
 //   bench_forward PLUGIN.so CONFIG.json BATCH TOKENS DTYPE(f32|bf16) ITERATIONS THREADS
 //
 // Prints one JSON line: {"dtype":..., "median_ms":..., "min_ms":..., "logits_checksum":...}.
-#include <dlfcn.h>
-
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -13,6 +11,7 @@
 #include <ATen/Parallel.h>
 #include <nlohmann/json.hpp>
 
+#include "dschat/framework/registry.h"
 #include "dschat/sdk/config_document.h"
 #include "dschat/sdk/model.h"
 #include "dschat/sdk/plugin.h"
@@ -24,7 +23,6 @@ int main(int argc, char** argv) try {
     std::cerr << "usage: bench_forward PLUGIN.so CONFIG.json BATCH TOKENS f32|bf16 ITERATIONS THREADS\n";
     return 2;
   }
-  const std::string plugin = argv[1];
   const auto config = read_hf_config(argv[2]);
   const int64_t batch = std::stoll(argv[3]), tokens = std::stoll(argv[4]);
   const std::string dtype_name = argv[5];
@@ -32,18 +30,10 @@ int main(int argc, char** argv) try {
   at::set_num_threads(std::stoi(argv[7]));
   const auto dtype = dtype_name == "bf16" ? at::kBFloat16 : at::kFloat;
 
-  void* handle = dlopen(plugin.c_str(), RTLD_NOW | RTLD_LOCAL);
-  if (handle == nullptr) throw std::runtime_error(std::string("dlopen: ") + dlerror());
-  auto manifest = reinterpret_cast<dschat_manifest_fn>(dlsym(handle, DSCHAT_MANIFEST_SYMBOL))();
-  Registrar registrar;
-  char error[512] = {0};
-  if (manifest->register_factories(&registrar, error, sizeof error) != 0) throw std::runtime_error(error);
+  // Through the host's registry, exactly as `dschat` loads the plugin.
+  PluginRegistry registry;
   auto document = ConfigDocument::parse_string("", "bench", ".");
-  std::shared_ptr<ModelFamily> family;
-  for (const auto& entry : registrar.entries()) {
-    if (entry.kind == ModelFamily::kind) family = std::static_pointer_cast<ModelFamily>(entry.make(document->root()));
-  }
-  if (!family) throw std::runtime_error(plugin + " offers no model family");
+  auto family = registry.create_from_library<ModelFamily>(argv[1], document->root());
 
   auto model = family->build(config, {.dtype = dtype});
   model->eval();

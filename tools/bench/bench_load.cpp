@@ -3,11 +3,10 @@
 //   bench_load PLUGIN.so MODEL_DIR f32|f16|bf16
 //
 // Prints one JSON line: {"load_s": ..., "parameters": ..., "checksum": ...}.
-#include <dlfcn.h>
-
 #include <chrono>
 #include <iostream>
 
+#include "dschat/framework/registry.h"
 #include "dschat/sdk/config_document.h"
 #include "dschat/sdk/model.h"
 #include "dschat/sdk/plugin.h"
@@ -22,17 +21,10 @@ int main(int argc, char** argv) try {
   const std::string dtype_name = argv[3];
   const auto dtype = dtype_name == "bf16" ? at::kBFloat16 : dtype_name == "f16" ? at::kHalf : at::kFloat;
 
-  void* handle = dlopen(argv[1], RTLD_NOW | RTLD_LOCAL);
-  if (handle == nullptr) throw std::runtime_error(std::string("dlopen: ") + dlerror());
-  auto manifest = reinterpret_cast<dschat_manifest_fn>(dlsym(handle, DSCHAT_MANIFEST_SYMBOL))();
-  Registrar registrar;
-  char error[512] = {0};
-  if (manifest->register_factories(&registrar, error, sizeof error) != 0) throw std::runtime_error(error);
+  // Through the host's registry, exactly as `dschat` loads the plugin.
+  PluginRegistry registry;
   auto document = ConfigDocument::parse_string("", "bench", ".");
-  std::shared_ptr<ModelFamily> family;
-  for (const auto& entry : registrar.entries())
-    if (entry.kind == ModelFamily::kind) family = std::static_pointer_cast<ModelFamily>(entry.make(document->root()));
-  if (!family) throw std::runtime_error(std::string(argv[1]) + " offers no model family");
+  auto family = registry.create_from_library<ModelFamily>(argv[1], document->root());
 
   auto start = std::chrono::steady_clock::now();
   auto model = family->from_pretrained(argv[2], {.dtype = dtype});

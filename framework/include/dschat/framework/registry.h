@@ -79,6 +79,13 @@ class PluginRegistry {
     return std::shared_ptr<Interface>(object, static_cast<Interface*>(object.get()));
   }
 
+  // Loads one library file and creates the (first) entry of Interface's kind it offers: what tests and benchmarks
+  // use to exercise a plugin exactly as the host loads it. Throws PluginError when the library is rejected.
+  template <class Interface>
+  std::shared_ptr<Interface> create_from_library(const std::filesystem::path& file, const ConfigTable& options) {
+    return create<Interface>(load_single(file, Interface::kind), options);
+  }
+
   // The table `dschat plugins` prints and `dschat run` records: one row per (kind, name), plus one per library
   // that offers nothing usable.
   std::string table_text() const;
@@ -86,6 +93,7 @@ class PluginRegistry {
 
  private:
   std::shared_ptr<void> make(const PluginEntry& entry, const ConfigTable& options) const;
+  std::string load_single(const std::filesystem::path& file, const std::string& kind);  // name of its entry
   std::vector<std::shared_ptr<PluginLibrary>> libraries_;
   std::vector<PluginEntry> entries_;
 };
