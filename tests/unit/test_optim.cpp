@@ -1,6 +1,5 @@
 // The SDK's training engine (optim.h): HF schedules, DeepSpeed-Chat parameter groups, gradient accumulation,
 // checkpoint save/load, activation checkpointing, mixed precision - on a tiny random OPT from the opt plugin.
-#include <dlfcn.h>
 
 #include <cmath>
 #include <filesystem>
@@ -9,6 +8,7 @@
 #include <ATen/ATen.h>
 #include <nlohmann/json.hpp>
 
+#include "dschat/framework/registry.h"
 #include "dschat/sdk/config_document.h"
 #include "dschat/sdk/model.h"
 #include "dschat/sdk/optim.h"
@@ -27,16 +27,9 @@ namespace {
 std::shared_ptr<ModelFamily> opt_family() {
   static std::shared_ptr<ModelFamily> family = [] {
     const std::string file = std::string(DSCHAT_BINARY_DIR) + "/lib/dschat/plugins/libdschat-opt.so";
-    void* handle = dlopen(file.c_str(), RTLD_NOW | RTLD_LOCAL);
-    if (handle == nullptr) throw std::runtime_error("dlopen " + file + ": " + dlerror());
-    auto manifest = reinterpret_cast<dschat_manifest_fn>(dlsym(handle, DSCHAT_MANIFEST_SYMBOL))();
-    Registrar registrar;
-    char error[512] = {0};
-    if (manifest->register_factories(&registrar, error, sizeof error) != 0) throw std::runtime_error(error);
+    static PluginRegistry registry;  // the host's loader; keeps the library for the family's lifetime
     static auto document = ConfigDocument::parse_string("", "test", ".");
-    for (const auto& e : registrar.entries())
-      if (e.kind == ModelFamily::kind) return std::static_pointer_cast<ModelFamily>(e.make(document->root()));
-    throw std::runtime_error("no opt family");
+    return registry.create_from_library<ModelFamily>(file, document->root());
   }();
   return family;
 }

@@ -4,7 +4,6 @@
 //   bench_sft PLUGIN.so CONFIG.json BATCH TOKENS DTYPE(f32|bf16) STEPS THREADS [checkpointing 0|1]
 //
 // Prints one JSON line: {"dtype":..., "median_ms":..., "min_ms":..., "tokens_per_s":..., "losses":[...]}.
-#include <dlfcn.h>
 
 #include <algorithm>
 #include <chrono>
@@ -14,6 +13,7 @@
 #include <ATen/Parallel.h>
 #include <nlohmann/json.hpp>
 
+#include "dschat/framework/registry.h"
 #include "dschat/sdk/config_document.h"
 #include "dschat/sdk/model.h"
 #include "dschat/sdk/optim.h"
@@ -35,17 +35,10 @@ int main(int argc, char** argv) try {
   const bool checkpointing = argc == 9 && std::string(argv[8]) == "1";
   const auto dtype = dtype_name == "bf16" ? at::kBFloat16 : at::kFloat;
 
-  void* handle = dlopen(plugin.c_str(), RTLD_NOW | RTLD_LOCAL);
-  if (handle == nullptr) throw std::runtime_error(std::string("dlopen: ") + dlerror());
-  auto manifest = reinterpret_cast<dschat_manifest_fn>(dlsym(handle, DSCHAT_MANIFEST_SYMBOL))();
-  Registrar registrar;
-  char error[512] = {0};
-  if (manifest->register_factories(&registrar, error, sizeof error) != 0) throw std::runtime_error(error);
+  // Through the host's registry, exactly as `dschat` loads the plugin.
+  PluginRegistry registry;
   auto document = ConfigDocument::parse_string("", "bench", ".");
-  std::shared_ptr<ModelFamily> family;
-  for (const auto& entry : registrar.entries())
-    if (entry.kind == ModelFamily::kind) family = std::static_pointer_cast<ModelFamily>(entry.make(document->root()));
-  if (!family) throw std::runtime_error(plugin + " offers no model family");
+  auto family = registry.create_from_library<ModelFamily>(plugin, document->root());
 
   at::manual_seed(0);
   auto model = family->build(config, {.dtype = dtype});
