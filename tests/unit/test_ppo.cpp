@@ -73,14 +73,14 @@ fs::path make_models(const fs::path& root) {
   return model;
 }
 
-fs::path write_pipeline(const fs::path& root, const std::string& ppo_extra) {
+fs::path write_pipeline(const fs::path& root, const std::string& ppo_extra, const std::string& data_extra = "") {
   const fs::path model = make_models(root);
   std::ostringstream toml;
   toml << "[pipeline]\nname = \"ppo-test\"\noutput_dir = \"" << (root / "run").string() << "\"\nseed = 11\n"
        << "[models.actor]\npath = \"" << model.string() << "\"\ninit = \"random\"\n"
        << "[models.rm]\npath = \"" << model.string() << "\"\ninit = \"random\"\n"
        << "[data]\ndatasets = [\"" << (kQuickstart / "data" / "requests.jsonl").string() << "\"]\n"
-       << "split = [0, 0, 1]\neval_fraction = 0.02\nmax_seq_len = 96\nmax_prompt_seq_len = 32\n"
+       << "split = [0, 0, 1]\neval_fraction = 0.02\nmax_seq_len = 96\nmax_prompt_seq_len = 32\n" << data_extra
        << "[[stage]]\nname = \"rlhf\"\nalgorithm = \"ppo\"\nactor = \"actor\"\ncritic = \"rm\"\n"
        << "per_device_generation_batch_size = 16\nper_device_training_batch_size = 16\n"
        << "actor_learning_rate = 3e-3\ncritic_learning_rate = 1e-3\nnum_warmup_steps = 0\n"
@@ -187,4 +187,32 @@ TEST(Ppo, CorruptedGenerationLogprobsStopTheRun) {
   ASSERT_EQ(diffs.size(), 1u);  // logged before the run stops
   EXPECT_NEAR(diffs[0], 0.25, 1e-3);
   EXPECT_FALSE(fs::exists(root / "run" / "rlhf" / "final"));
+}
+
+TEST(Ppo, PtxMixesACausalLmLossOnPretrainingText) {
+  const fs::path root = fresh_dir("ppo-ptx");
+  {
+    std::ofstream ptx(root / "ptx.jsonl");
+    for (int i = 0; i < 40; ++i) ptx << "{\"text\": \"The opposite of hot is cold. Red is a color. " << i << "\"}\n";
+  }
+  auto file = write_pipeline(root, "max_steps = 2\nenable_ptx = true\nunsup_coef = 1.0\n",
+                             "pretraining = [\"" + (root / "ptx.jsonl").string() + "\"]\n");
+  auto pipeline = load_pipeline(file, {}, registry());
+  ASSERT_TRUE(run_pipeline(pipeline, registry()));
+  auto rows = read_metrics(root / "run" / "rlhf");
+  auto ptx = values_of(rows, "ptx/loss");
+  ASSERT_FALSE(ptx.empty());
+  EXPECT_GT(ptx.front(), 1.0);  // a random model's causal-LM loss on 640 tokens: about ln(640) = 6.5
+  EXPECT_LT(ptx.front(), 10.0);
+  // PTX's backward joins the PPO one in the same optimizer step (DeepSpeed-Chat doubles the accumulation).
+  EXPECT_EQ(values_of(rows, "consistency/max_abs_diff").size(), 2u);
+}
+
+TEST(Ppo, PtxWithoutPretrainingTextIsAnError) {
+  const fs::path root = fresh_dir("ppo-ptx-missing");
+  auto pipeline = load_pipeline(write_pipeline(root, "enable_ptx = true\n"), {}, registry());
+  ::testing::internal::CaptureStderr();
+  EXPECT_FALSE(run_pipeline(pipeline, registry()));
+  const std::string err = ::testing::internal::GetCapturedStderr();
+  EXPECT_NE(err.find("enable_ptx = true but the pipeline's [data] has no pretraining texts"), std::string::npos) << err;
 }

@@ -21,8 +21,23 @@
 // Outputs: stage_dir/final (actor, HF folder + tokenizer), stage_dir/critic (save_reward_model), stage_dir/ema
 // (the ema hook).
 //
-// Defaults are DeepSpeed-Chat's (kl_ctl 0.1, clip_reward_value 5, cliprange 0.2, cliprange_value 0.2, gamma 1,
-// lam 0.95, lrs 9.65e-6 / 5e-6, cosine with 100 warmup steps, unsup_coef 27.8, batch sizes 16).
+// Options (defaults are DeepSpeed-Chat's):
+//   actor, critic (required), reference (= actor), reward (= critic)     roles
+//   per_device_generation_batch_size 16, per_device_training_batch_size 16, generation_batches 1, ppo_epochs 1,
+//   epochs 1 (passes over the PPO prompts), max_steps 0 (cap on actor optimizer steps; 0 = none),
+//   gradient_accumulation_steps 1 (doubled for the actor with PTX, as DeepSpeed-Chat does)
+//   actor_learning_rate 9.65e-6, critic_learning_rate 5e-6, actor_weight_decay 0, critic_weight_decay 0,
+//   lr_scheduler "cosine" (| linear | constant), num_warmup_steps 100, max_grad_norm 1.0,
+//   actor_gradient_checkpointing / critic_gradient_checkpointing false
+//   kl_ctl 0.1, clip_reward_value 5, cliprange 0.2, cliprange_value 0.2, gamma 1.0, lam 0.95
+//   enable_ptx false (needs [data] pretraining texts), unsup_coef 27.8
+//   consistency_threshold (1e-3 for fp32 actors, 0.1 for bf16/fp16), consistency_sample_rows 2
+//   eval_interval 0 (rollouts; 0 = start and end only), eval_prompts 0 (0 = every held-out prompt),
+//   per_device_eval_batch_size 16, trim_prompt_padding true, save_critic true
+//   debug_corrupt_generation_logprobs 0 -- a test hook: added to the generation log-probs before the
+//   consistency check, so tests can prove that the check stops a run.
+// The stage must set `generation = { plugin = ... }`: a plugin cannot create another plugin, so there is no
+// built-in default generator.
 #include <ATen/ops/cat.h>
 #include <ATen/ops/cross_entropy_loss.h>
 #include <ATen/ops/ones_like.h>
