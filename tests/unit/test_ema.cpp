@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include "plugin_helpers.h"
 #include "dschat/framework/registry.h"
 #include "dschat/sdk/config_document.h"
 #include "dschat/sdk/hook.h"
@@ -18,16 +19,9 @@ using namespace dschat;
 
 namespace {
 
-PluginRegistry& registry() {
-  static PluginRegistry* r = [] {
-    auto* registry = new PluginRegistry();  // never destroyed: objects it made keep their libraries loaded
-    registry->discover({{fs::path(DSCHAT_BINARY_DIR) / "lib" / "dschat" / "plugins", PluginOrigin::pipeline}});
-    return registry;
-  }();
-  return *r;
-}
+using dschat::testing::registry;
 
-ConfigTable table(const std::string& text) { return ConfigDocument::parse_string(text, "<test>", ".")->root(); }
+using dschat::testing::table;
 
 struct Small : torch::nn::Module {
   at::Tensor w = register_parameter("w", at::tensor({1.0f, -2.0f, 0.5f}));

@@ -6,6 +6,7 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
+#include "plugin_helpers.h"
 #include "dschat/framework/registry.h"
 #include "dschat/sdk/config_document.h"
 #include "dschat/sdk/generation.h"
@@ -35,18 +36,9 @@ void ensure_fixtures() {
   });
 }
 
-PluginRegistry& registry() {
-  static PluginRegistry* r = [] {
-    auto* registry = new PluginRegistry();  // never destroyed: objects it made keep their libraries loaded
-    registry->discover({{fs::path(DSCHAT_BINARY_DIR) / "lib" / "dschat" / "plugins", PluginOrigin::pipeline}});
-    return registry;
-  }();
-  return *r;
-}
+using dschat::testing::registry;
 
-ConfigTable table(const std::string& text) {
-  return ConfigDocument::parse_string(text, "<test>", ".")->root();
-}
+using dschat::testing::table;
 
 std::shared_ptr<Generator> generator(const std::string& name, const std::string& options = "") {
   return registry().create<Generator>(name, table(options));

@@ -16,6 +16,7 @@
 #include <nlohmann/json.hpp>
 
 #include "../../plugins/algorithms/ppo/rollout.h"
+#include "plugin_helpers.h"
 #include "dschat/framework/pipeline.h"
 #include "dschat/framework/registry.h"
 #include "dschat/framework/runner.h"
@@ -30,14 +31,7 @@ namespace {
 
 const fs::path kQuickstart = fs::path(DSCHAT_SOURCE_DIR) / "configs" / "quickstart";
 
-PluginRegistry& registry() {
-  static PluginRegistry* r = [] {
-    auto* registry = new PluginRegistry();  // never destroyed: objects it made keep their libraries loaded
-    registry->discover({{fs::path(DSCHAT_BINARY_DIR) / "lib" / "dschat" / "plugins", PluginOrigin::pipeline}});
-    return registry;
-  }();
-  return *r;
-}
+using dschat::testing::registry;
 
 at::Tensor ids(std::vector<std::vector<int64_t>> rows) {
   std::vector<int64_t> flat;
