@@ -1,6 +1,5 @@
 #include "dschat/framework/pipeline.h"
 
-#include <fstream>
 #include <set>
 
 #include <fmt/format.h>
@@ -10,16 +9,12 @@ namespace dschat {
 
 namespace {
 
-nlohmann::json read_hf_config(const ConfigTable& model, const std::filesystem::path& dir) {
-  auto file = dir / "config.json";
-  std::error_code ec;
-  if (!std::filesystem::is_regular_file(file, ec))
-    model.fail("path", fmt::format("{} is not an HF model folder: no config.json", dir.string()));
-  std::ifstream in(file);
+// The SDK's reader, with its error placed at the pipeline key that named the folder.
+nlohmann::json read_model_config(const ConfigTable& model, const std::filesystem::path& dir) {
   try {
-    return nlohmann::json::parse(in);
-  } catch (const nlohmann::json::exception& e) {
-    model.fail("path", fmt::format("{}: invalid JSON: {}", file.string(), e.what()));
+    return read_hf_config(dir);
+  } catch (const std::exception& e) {
+    model.fail("path", fmt::format("not an HF model folder: {}", e.what()));
   }
 }
 
@@ -29,9 +24,8 @@ ModelSpec read_model(const std::string& name, const ConfigTable& table, const Pl
   spec.path = table.get_path("path", /*must_exist=*/true);
   spec.dtype = table.get_choice("dtype", {"fp32", "bf16", "fp16"}, "fp32");
   spec.init = table.get_choice("init", {"pretrained", "random"}, "pretrained");
-  spec.hf_config = read_hf_config(table, spec.path);
-  if (!spec.hf_config.is_object() || !spec.hf_config.contains("model_type") ||
-      !spec.hf_config["model_type"].is_string())
+  spec.hf_config = read_model_config(table, spec.path);
+  if (!spec.hf_config.contains("model_type") || !spec.hf_config["model_type"].is_string())
     table.fail("path", fmt::format("{}/config.json has no string \"model_type\"", spec.path.string()));
   std::string model_type = spec.hf_config["model_type"].get<std::string>();
   try {

@@ -147,7 +147,7 @@ void ConfigDocument::apply_override(const std::string& assignment) {
                         fmt::format("no table '{}' in the pipeline{}", walked,
                                     hint.empty() ? "" : fmt::format(" (did you mean '{}'?)", hint)));
     }
-    if (auto* array = next->as_array(); array != nullptr && i + 2 < parts.size() + 1) {
+    if (auto* array = next->as_array()) {
       // an array of tables is addressed by element name: stage.rlhf
       const std::string& element = parts[++i];
       walked += "." + element;
