@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include "plugin_helpers.h"
+#include "test_support.h"
 #include "dschat/framework/registry.h"
 #include "dschat/sdk/config_document.h"
 #include "dschat/sdk/generation.h"
@@ -71,14 +72,7 @@ SamplingOptions greedy(const Generator& g, int64_t new_tokens) {
   return o;
 }
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const std::exception& e) {
-    return e.what();
-  }
-  return "<no error>";
-}
+using dschat::testing::error_of;
 
 class Greedy : public ::testing::TestWithParam<std::string> {};
 

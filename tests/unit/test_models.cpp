@@ -8,6 +8,7 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include "test_support.h"
 #include "dschat/framework/registry.h"
 #include "dschat/sdk/config_document.h"
 #include "dschat/sdk/model.h"
@@ -108,14 +109,7 @@ at::Tensor greedy(CausalLM& model, const at::Tensor& ids, const at::Tensor& mask
   return sequence;
 }
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const std::exception& e) {
-    return e.what();
-  }
-  return "<no error>";
-}
+using dschat::testing::error_of;
 
 class Parity : public ::testing::TestWithParam<std::string> {};
 
