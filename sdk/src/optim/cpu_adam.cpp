@@ -214,8 +214,13 @@ void cpu_adamw_step(at::Tensor& param, const at::Tensor& grad, at::Tensor& exp_a
   float* m = exp_avg.data_ptr<float>();
   float* v = exp_avg_sq.data_ptr<float>();
   const bool avx2 = use_avx2();
+  // Threads split the range at cache-line multiples (as PyTorch's fused kernel does): no line is shared between
+  // two writers, and every element but the tensor's last few takes the vector path whatever the thread count, so
+  // the result does not depend on it.
+  constexpr int64_t kLine = 64 / sizeof(float);
   auto run = [&](auto* copy) {
-    at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, (n + kLine - 1) / kLine, kGrain / kLine, [&](int64_t first_line, int64_t end_line) {
+      const int64_t begin = first_line * kLine, end = std::min(n, end_line * kLine);
       auto* chunk_copy = copy;
       if constexpr (!std::is_void_v<std::remove_pointer_t<decltype(copy)>>) chunk_copy += begin;
       if (avx2)
