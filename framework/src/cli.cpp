@@ -30,7 +30,8 @@ commands:
   run FILE        run a pipeline (SFT -> reward model -> PPO, as the file says)
   validate FILE   check a pipeline file, its files and its plugins; do nothing else
   plugins         list the plugins found, with version, file and status
-  generate        (see `dschat generate --help`)
+  generate        answer a prompt from an HF model folder (see `dschat generate --help`)
+  consolidate     turn a sharded ddp/zero checkpoint into an HF folder (see `dschat consolidate --help`)
 
 options:
   --version       print dschat's version, the LibTorch version and the build fingerprint

@@ -171,6 +171,17 @@ class LocalEngine : public Engine {
     return result;
   }
 
+  MemoryFootprint memory() const override {
+    MemoryFootprint m;
+    for (const auto& p : module_->parameters()) m.parameter_bytes += p.numel() * p.element_size();
+    for (size_t i = 0; i < params_.size(); ++i) {
+      m.gradient_bytes += params_[i].param.numel() * params_[i].param.element_size();
+      // Adam's moments (created at the first step) and, for bf16/fp16 models, the fp32 master copy.
+      m.optimizer_bytes += params_[i].param.numel() * 4 * (mixed_ ? 3 : 2);
+    }
+    return m;
+  }
+
   double lr() const override {
     return groups_[0].base_lr *
            lr_multiplier(options_.lr_scheduler, global_step_, options_.num_warmup_steps, options_.total_steps);

@@ -1,0 +1,136 @@
+// `dschat consolidate`: a sharded ddp / zero checkpoint (shard-R-of-N.safetensors + manifest.json) back into one
+// HF folder that transformers loads. The manifest gives every parameter's unit, offset and shape in the flat
+// layout, so the slices of any world size are put back together without the ranks that wrote them.
+#include <fstream>
+#include <iostream>
+#include <map>
+
+#include <ATen/ops/cat.h>
+#include <boost/program_options.hpp>
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "dschat/framework/cli.h"
+#include "dschat/framework/registry.h"
+#include "dschat/sdk/config_document.h"
+#include "dschat/sdk/model.h"
+#include "dschat/sdk/safetensors.h"
+#include "dschat/sdk/tokenizer.h"
+
+namespace po = boost::program_options;
+namespace fs = std::filesystem;
+
+namespace dschat {
+namespace {
+
+constexpr const char* kSynopsis = "CHECKPOINT_DIR --like HF_DIR --out OUT_DIR [--dtype fp32|bf16]";
+
+nlohmann::json read_json(const fs::path& file) {
+  std::ifstream in(file);
+  if (!in) throw std::runtime_error(file.string() + ": cannot open (is this a ddp / zero checkpoint folder?)");
+  try {
+    return nlohmann::json::parse(in);
+  } catch (const std::exception& e) {
+    throw std::runtime_error(file.string() + ": " + e.what());
+  }
+}
+
+// Parameter name -> full fp32 tensor, from the slices of every shard.
+std::map<std::string, at::Tensor> consolidate(const fs::path& checkpoint) {
+  nlohmann::json manifest = read_json(checkpoint / "manifest.json");
+  const int partitions = manifest.at("partitions").get<int>();
+  std::vector<std::shared_ptr<safetensors::File>> shards;
+  for (int p = 0; p < partitions; ++p)
+    shards.push_back(safetensors::File::open(checkpoint / fmt::format("shard-{}-of-{}.safetensors", p, partitions)));
+  std::map<std::string, at::Tensor> params;
+  for (const auto& unit : manifest.at("units")) {
+    const std::string name = unit.at("name").get<std::string>();
+    std::vector<at::Tensor> parts;
+    for (auto& shard : shards) parts.push_back(shard->tensor(name + ".master"));
+    at::Tensor flat = at::cat(parts);
+    for (const auto& p : unit.at("params")) {
+      const int64_t offset = p.at("offset").get<int64_t>(), numel = p.at("numel").get<int64_t>();
+      if (offset + numel > flat.numel())
+        throw std::runtime_error(fmt::format("{}: parameter {} ends at {} but unit {} holds {} elements",
+                                             (checkpoint / "manifest.json").string(), p.at("name").get<std::string>(),
+                                             offset + numel, name, flat.numel()));
+      params[p.at("name").get<std::string>()] =
+          flat.narrow(0, offset, numel).view(p.at("shape").get<std::vector<int64_t>>()).clone();
+    }
+  }
+  if (fs::exists(checkpoint / "frozen.safetensors")) {
+    auto frozen = safetensors::File::open(checkpoint / "frozen.safetensors");
+    for (const auto& info : frozen->tensors()) params[info.name] = frozen->tensor(info).clone();
+  }
+  return params;
+}
+
+int consolidate_command(const std::vector<std::string>& args) {
+  po::options_description options("options");
+  options.add_options()("checkpoint", po::value<std::string>()->required(), "checkpoint folder (checkpoints/step-N)")(
+      "like", po::value<std::string>()->required(), "HF folder of the trained model (config.json, tokenizer)")(
+      "out", po::value<std::string>()->required(), "where to write the HF folder")(
+      "dtype", po::value<std::string>()->default_value("fp32"), "fp32 or bf16")("help,h", "show this help");
+  po::positional_options_description positional;
+  positional.add("checkpoint", 1);
+  po::variables_map vm;
+  try {
+    po::store(po::command_line_parser(args).options(options).positional(positional).run(), vm);
+    if (vm.count("help")) {
+      std::cout << "usage: dschat consolidate " << kSynopsis << "\n\n" << options << "\n";
+      return 0;
+    }
+    po::notify(vm);
+  } catch (const po::error& e) {
+    std::cerr << "dschat consolidate: " << e.what() << "\nusage: dschat consolidate " << kSynopsis << "\n";
+    return 2;
+  }
+  const std::string dtype = vm["dtype"].as<std::string>();
+  if (dtype != "fp32" && dtype != "bf16") {
+    std::cerr << "dschat consolidate: --dtype must be fp32 or bf16, not " << dtype << "\n";
+    return 2;
+  }
+  const fs::path checkpoint = vm["checkpoint"].as<std::string>(), like = vm["like"].as<std::string>(),
+                 out = vm["out"].as<std::string>();
+
+  auto params = consolidate(checkpoint);
+  PluginRegistry registry;
+  registry.discover(PluginRegistry::search_paths({}));
+  nlohmann::json hf_config = read_hf_config(like);
+  auto no_options = ConfigDocument::parse_string("", "<consolidate>", ".");
+  auto family = registry.create<ModelFamily>(hf_config.value("model_type", ""), no_options->root());
+  auto model = family->build(hf_config, {});
+  at::NoGradGuard no_grad;
+  // A reward model / critic trains its LM under "base." next to a value head.
+  std::vector<std::pair<std::string, at::Tensor>> value_head;
+  for (auto& [name, tensor] : params)
+    if (name.rfind("v_head.", 0) == 0) value_head.emplace_back(name, tensor);
+  for (auto& item : model->named_parameters(true)) {
+    auto it = params.find(item.key());
+    if (it == params.end()) it = params.find("base." + item.key());
+    if (it == params.end())
+      throw std::runtime_error(fmt::format("{}: the checkpoint has no parameter '{}' of the {} model in {}",
+                                           checkpoint.string(), item.key(), family->model_type(), like.string()));
+    if (it->second.sizes() != item.value().sizes())
+      throw std::runtime_error(fmt::format("{}: parameter '{}' has shape {}, the model built from {} expects {}",
+                                           checkpoint.string(), item.key(), c10::str(it->second.sizes()),
+                                           (like / "config.json").string(), c10::str(item.value().sizes())));
+    item.value().copy_(it->second);
+  }
+  ExportOptions export_options;
+  if (dtype == "bf16") export_options.dtype = at::kBFloat16;
+  family->export_hf(*model, out, export_options);
+  if (!value_head.empty()) safetensors::save_file(out / "value_head.safetensors", value_head);
+  if (fs::exists(like / "tokenizer.json") || fs::exists(like / "vocab.json")) Tokenizer::from_dir(like)->save(out);
+  std::cout << fmt::format("consolidated {} ({} parameters) into {}\n", checkpoint.string(), params.size(),
+                           out.string());
+  return 0;
+}
+
+const bool registered = [] {
+  extra_commands()["consolidate"] = consolidate_command;
+  return true;
+}();
+
+}  // namespace
+}  // namespace dschat
