@@ -197,7 +197,8 @@ TEST(TwoRanks, Zero3MatchesOneProcess) {
   expect_same_losses_as_single_process("zero3", "plugin = \"zero\"\nstage = 3");
 }
 TEST(TwoRanks, Zero3OffloadMatchesOneProcess) {
-  expect_same_losses_as_single_process("zero3-offload", "plugin = \"zero\"\nstage = 3\noffload_optimizer = true");
+  expect_same_losses_as_single_process(
+      "zero3-offload", "plugin = \"zero\"\nstage = 3\noffload_optimizer = true\noffload_parameters = true");
 }
 
 // DESIGN §6: per-rank memory falls stage by stage (ZeRO's 2 ranks: optimizer / 2, then gradients / 2, then

@@ -4,6 +4,7 @@
 //   plugin = "zero"
 //   stage = 3                  # 1: optimizer states partitioned, 2: + gradients, 3: + parameters
 //   offload_optimizer = true   # fp32 master weights and Adam moments in host memory, stepped by CPU Adam
+//   offload_parameters = true  # stage 3: the weight slices in host memory too
 //   prefetch = true            # stage 3: gather block i+1 while block i runs
 //
 // The engine is the SDK's partitioned engine (dschat/sdk/partitioned_engine.h), shared with `ddp`.
@@ -23,6 +24,9 @@ class ZeroStrategy : public dschat::Strategy {
   explicit ZeroStrategy(const dschat::ConfigTable& options) {
     partitioning_.zero_stage = static_cast<int>(options.get_int("stage", 2, 1, 3));
     partitioning_.offload_optimizer = options.get_bool("offload_optimizer", false);
+    partitioning_.offload_parameters = options.get_bool("offload_parameters", false);
+    if (partitioning_.offload_parameters && partitioning_.zero_stage != 3)
+      options.fail("offload_parameters", "needs stage = 3 (only then are the weights partitioned)");
     partitioning_.prefetch = options.get_bool("prefetch", true);
     auto device = options.get_choice("device", {"auto", "cpu", "cuda"}, "auto");
     if (device == "cuda" && !at::hasCUDA()) options.fail("device", "\"cuda\" asked for, but no CUDA device is visible");
@@ -30,8 +34,9 @@ class ZeroStrategy : public dschat::Strategy {
   }
 
   std::string describe() const override {
-    return fmt::format("zero stage {}{}, {}", partitioning_.zero_stage,
-                       partitioning_.offload_optimizer ? " + offload" : "", cuda_ ? "cuda" : "cpu");
+    return fmt::format("zero stage {}{}{}, {}", partitioning_.zero_stage,
+                       partitioning_.offload_optimizer ? " + offload" : "",
+                       partitioning_.offload_parameters ? " + parameter offload" : "", cuda_ ? "cuda" : "cpu");
   }
 
   std::unique_ptr<dschat::Engine> make_engine(std::shared_ptr<torch::nn::Module> module,

@@ -69,7 +69,8 @@ struct Unit {
   int ready = 0;
   bool reduced = false;
   // stage 3
-  at::Tensor param_shard;  // model dtype [shard]
+  at::Tensor param_shard;  // model dtype [shard]; in host memory with offload_parameters
+  at::Tensor gather_source;  // param_shard on the device while a gather reads it
   at::Tensor whole;        // model dtype [padded] while gathered
   PendingCollective gathering;
   bool assigned = false;   // the parameters are views into `whole`
@@ -97,6 +98,9 @@ class PartitionedEngine : public Engine {
     partitions_ = stage_ == 0 ? 1 : world_size_;
     owner_index_ = stage_ == 0 ? 0 : comm_.rank();
     optimizer_device_ = partitioning_.offload_optimizer ? at::Device(at::kCPU) : device_;
+    TORCH_CHECK(!partitioning_.offload_parameters || stage_ == 3,
+                "offload_parameters needs zero stage 3 (only then are the weights partitioned)");
+    param_shard_device_ = partitioning_.offload_parameters ? at::Device(at::kCPU) : device_;
     module_->to(device_);
     params_ = trainable_parameters(*module_);
     TORCH_CHECK(!params_.empty(), "make_engine: no parameter of the model requires grad (nothing to train)");
@@ -142,7 +146,8 @@ class PartitionedEngine : public Engine {
     std::string what = stage_ == 0 ? "ddp" : fmt::format("zero stage {}", stage_);
     return fmt::format("{}: {} over {} ranks ({}), {} weights, fp32 master {}{}{}", description_, what, world_size_,
                        comm_.backend(), dtype_label(weights_dtype_), stage_ == 0 ? "copy" : "slices",
-                       partitioning_.offload_optimizer ? ", optimizer offloaded to host (CPU Adam)" : "",
+                       std::string(partitioning_.offload_optimizer ? ", optimizer offloaded to host (CPU Adam)" : "") +
+                           (partitioning_.offload_parameters ? ", weight slices in host memory" : ""),
                        options_.gradient_checkpointing || stage_ == 3 ? ", blocks recomputed in backward" : "");
   }
 
@@ -430,7 +435,7 @@ class PartitionedEngine : public Engine {
       unit.exp_avg = at::zeros({unit.shard}, fp32);
       unit.exp_avg_sq = at::zeros({unit.shard}, fp32);
       if (stage_ >= 2) unit.grad_shard = at::zeros({unit.shard}, at::TensorOptions(device_).dtype(at::kFloat));
-      if (stage_ == 3) unit.param_shard = slice.clone();
+      if (stage_ == 3) unit.param_shard = slice.to(param_shard_device_, /*non_blocking=*/false, /*copy=*/true);
       if (unit.block >= 0) unit_of_block_.push_back(&unit);
     }
     if (stage_ == 3) TORCH_CHECK(unit_of_block_.size() == lm_->num_blocks(), "zero 3: block without parameters");
@@ -563,8 +568,9 @@ class PartitionedEngine : public Engine {
   // ---- stage 3: gathering and releasing weights --------------------------------------------------------------
   void start_gather(Unit& unit) {
     if (unit.whole.defined() || unit.gathering.pending()) return;
-    unit.whole = at::empty({unit.padded}, unit.param_shard.options());
-    unit.gathering = comm_.all_gather_async(unit.whole, unit.param_shard);
+    unit.gather_source = unit.param_shard.to(device_);  // a copy only when the shard lives in host memory
+    unit.whole = at::empty({unit.padded}, unit.gather_source.options());
+    unit.gathering = comm_.all_gather_async(unit.whole, unit.gather_source);
   }
   void prefetch(int block) {
     if (block >= 0 && block < static_cast<int>(unit_of_block_.size())) start_gather(*unit_of_block_[block]);
@@ -583,8 +589,10 @@ class PartitionedEngine : public Engine {
     if (stage_ != 3 || unit.pins > 0 || unit.persistent) return;
     unit.gathering.wait();  // a prefetch nobody used
     for (const auto& member : unit.members)
-      params_[member.param].param.set_data(at::empty({0}, unit.param_shard.options()));
+      params_[member.param].param.set_data(at::empty({0}, unit.whole.defined() ? unit.whole.options()
+                                                                                 : unit.param_shard.options().device(device_)));
     unit.whole.reset();
+    unit.gather_source.reset();
     unit.assigned = false;
   }
 
@@ -628,7 +636,7 @@ class PartitionedEngine : public Engine {
   std::shared_ptr<CausalLM> lm_;
   OptimizerOptions options_;
   PartitionedEngineOptions partitioning_;
-  at::Device device_, optimizer_device_ = at::kCPU;
+  at::Device device_, optimizer_device_ = at::kCPU, param_shard_device_ = at::kCPU;
   Communicator& comm_;
   std::string description_;
   int stage_ = 0, world_size_ = 1, partitions_ = 1, owner_index_ = 0;

@@ -17,8 +17,9 @@
 //                  after (the next block's gather is started early); in backward the block is recomputed, so the
 //                  gather happens again there, then its gradients are reduce-scattered and the weights freed
 //
-// offload_optimizer keeps master weights and moments in host memory and steps them with the vectorised CPU Adam
-// (on a CPU run that changes only the kernel). The gradient all-reduce assumes every rank's backward touches the
+// offload_optimizer keeps master weights and moments in host memory and steps them with the vectorised CPU Adam;
+// offload_parameters (stage 3) keeps the weight slices there too and copies a unit's slice to the device for each
+// gather. On a CPU run both change only the kernel and an extra copy. The gradient all-reduce assumes every rank's backward touches the
 // same parameters in the same order (no data-dependent unused parameters).
 #include <cstdint>
 #include <memory>
@@ -32,6 +33,7 @@ namespace dschat {
 struct PartitionedEngineOptions {
   int zero_stage = 0;              // 0 = DDP
   bool offload_optimizer = false;  // master weights + moments in host memory, CPU Adam
+  bool offload_parameters = false; // stage 3: each rank's weight slices in host memory, copied up per gather
   bool prefetch = true;            // stage 3: start gathering block i+1 while block i runs
 };
 
