@@ -50,11 +50,14 @@ std::function<at::Tensor(at::Tensor)> all_gather_hook(Communicator* group) {
     const int64_t n = group->size();
     auto stacked_sizes = local.sizes().vec();
     stacked_sizes.insert(stacked_sizes.begin(), n);
-    auto stacked = at::empty(stacked_sizes, local.options());  // [n, ..., V / n]
-    group->all_gather(stacked, local);
+    // Flat on both sides: the contract is by element count, and c10d's Gloo allgather also wants the output's
+    // chunks shaped like the input.
+    auto flat = local.view({-1});
+    auto stacked = at::empty({n * flat.numel()}, local.options());
+    group->all_gather(stacked, flat);
     auto sizes = local.sizes().vec();
     sizes.back() *= n;
-    return stacked.movedim(0, -2).reshape(sizes);
+    return stacked.view(stacked_sizes).movedim(0, -2).reshape(sizes);  // [n, ..., V / n] -> [..., V]
   };
 }
 
