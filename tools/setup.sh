@@ -8,7 +8,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${DSCHAT_VENV:-$root/.venv}"
 
 apt_packages=(g++ cmake ninja-build ccache pkg-config python3 python3-venv
-  libboost-dev libboost-program-options-dev libboost-filesystem-dev
+  libboost-dev libgloo-dev libboost-program-options-dev libboost-filesystem-dev
   libtomlplusplus-dev libfmt-dev libgtest-dev nlohmann-json3-dev)
 
 missing=()

@@ -1,8 +1,10 @@
 #include "dschat/framework/cli.h"
 
+#include <cstdlib>
 #include <fstream>
 #include <iostream>
 
+#include <ATen/Context.h>
 #include <boost/program_options.hpp>
 #include <fmt/format.h>
 
@@ -10,6 +12,7 @@
 #include "dschat/framework/registry.h"
 #include "dschat/framework/runner.h"
 #include "dschat/sdk/device.h"
+#include "dschat/sdk/distributed.h"
 
 namespace po = boost::program_options;
 
@@ -99,7 +102,32 @@ int command_validate(const std::vector<std::string>& args, bool run, bool dry_ru
     std::cout << "dry run: nothing will be executed\n" << pipeline.describe();
     return kExitOk;
   }
-  return run_pipeline(pipeline, registry) ? kExitOk : kExitFailure;
+  // Every rank a launcher started joins the world before the first stage (one process: a no-op).
+  LaunchEnvironment env;
+  try {
+    env = detect_launch_environment();
+  } catch (const std::invalid_argument& e) {
+    std::cerr << "error: " << e.what() << "\n";
+    return kExitUsage;
+  }
+  try {
+    init_world(env, {pipeline.distributed.backend, at::hasCUDA(), pipeline.distributed.timeout_s});
+  } catch (const std::exception& e) {
+    std::cerr << "error: " << e.what() << "\n";
+    std::cerr.flush();
+    std::_Exit(kExitFailure);  // the process group's destructors could wait on ranks that never came
+  }
+  if (env.world_size > 1)
+    std::cout << fmt::format("rank {}: {}, {} backend\n", env.rank, env.describe(), world().backend());
+  const bool ok = run_pipeline(pipeline, registry);
+  if (!ok && env.world_size > 1) {
+    // A failed rank leaves now: its peers see the connection close and stop too, instead of each waiting out
+    // the timeout in a destructor.
+    std::cout.flush();
+    std::cerr.flush();
+    std::_Exit(kExitFailure);
+  }
+  return ok ? kExitOk : kExitFailure;
 }
 
 int command_plugins(const std::vector<std::string>& args) {

@@ -150,6 +150,10 @@ Pipeline load_pipeline(const std::filesystem::path& file, const std::vector<std:
   if (strategy) p.strategy = read_strategy(*strategy, registry);
 
   if (auto data = root.get_optional_table("data")) p.data = read_data(*data);
+  if (auto distributed = root.get_optional_table("distributed")) {
+    p.distributed.backend = distributed->get_choice("backend", {"auto", "gloo", "nccl"}, "auto");
+    p.distributed.timeout_s = distributed->get_float("timeout_s", 300.0, 1.0);
+  }
 
   auto stage_tables = root.get_table_list("stage", /*required=*/true);
   if (stage_tables.empty()) root.fail("stage", "declare at least one [[stage]]");

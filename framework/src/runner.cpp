@@ -8,6 +8,7 @@
 #include "dschat/framework/data.h"
 #include "dschat/framework/metrics.h"
 #include "dschat/sdk/atomic_file.h"
+#include "dschat/sdk/distributed.h"
 #include "dschat/sdk/tokenizer.h"
 
 namespace dschat {
@@ -16,6 +17,20 @@ namespace {
 
 // A stage's final model is complete once this marker exists; it is written last, atomically.
 constexpr const char* kCompleteMarker = "COMPLETE";
+
+// Ranks other than 0 train alongside rank 0 but write no metrics and print no progress: rank 0 records the
+// run (its losses are already averaged over the ranks by the train loop).
+class NoMetrics : public MetricsSink {
+ public:
+  void scalar(const std::string&, double, int64_t) override {}
+  void flush() override {}
+};
+class NoProgress : public Progress {
+ public:
+  void start(const std::string&, int64_t) override {}
+  void update(int64_t, const std::map<std::string, double>&, int64_t) override {}
+  void finish() override {}
+};
 
 class HostStageContext : public StageContext {
  public:
@@ -66,10 +81,14 @@ class HostStageContext : public StageContext {
     return *data_;
   }
   MetricsSink& metrics() override {
+    if (!world().is_main()) return no_metrics_;
     if (!metrics_) metrics_ = std::make_unique<StageMetrics>(stage_dir_);  // only stages that run get files
     return *metrics_;
   }
-  Progress& progress() override { return progress_; }
+  Progress& progress() override {
+    if (!world().is_main()) return no_progress_;
+    return progress_;
+  }
   Strategy& strategy() override { return *stage_.strategy.strategy; }
   Generator* generator() override { return stage_.generator.get(); }
   const std::vector<std::shared_ptr<Hook>>& hooks() override { return stage_.hooks; }
@@ -103,6 +122,8 @@ class HostStageContext : public StageContext {
   mutable bool data_used_ = false;
   std::unique_ptr<StageMetrics> metrics_;
   ConsoleProgress progress_;
+  NoMetrics no_metrics_;
+  NoProgress no_progress_;
   const Pipeline& pipeline_;
   const StageSpec& stage_;
   std::filesystem::path stage_dir_;
@@ -111,11 +132,15 @@ class HostStageContext : public StageContext {
 }  // namespace
 
 bool run_pipeline(const Pipeline& pipeline, const PluginRegistry& registry) {
+  auto& comm = world();
+  const bool main_rank = comm.is_main();
   std::filesystem::create_directories(pipeline.output_dir);
   // What ran, and with which plugins, next to what it produced.
-  write_file_atomic(pipeline.output_dir / "pipeline.resolved.toml", pipeline.document->to_toml() + "\n");
-  write_file_atomic(pipeline.output_dir / "plugins.txt", registry.table_text());
-  write_file_atomic(pipeline.output_dir / "plugins.json", registry.table_json() + "\n");
+  if (main_rank) {
+    write_file_atomic(pipeline.output_dir / "pipeline.resolved.toml", pipeline.document->to_toml() + "\n");
+    write_file_atomic(pipeline.output_dir / "plugins.txt", registry.table_text());
+    write_file_atomic(pipeline.output_dir / "plugins.json", registry.table_json() + "\n");
+  }
 
   // Loaded lazily, on the first stage that asks; the tokenized cache lives beside the stages it serves.
   auto data = std::make_shared<HostDataSource>(pipeline.data, pipeline.seed, pipeline.output_dir / ".cache");
@@ -123,7 +148,14 @@ bool run_pipeline(const Pipeline& pipeline, const PluginRegistry& registry) {
     const StageSpec& stage = pipeline.stages[i];
     HostStageContext context(pipeline, stage, data);
     auto marker = context.stage_dir() / "final" / kCompleteMarker;
-    if (std::filesystem::exists(marker)) {
+    bool complete = std::filesystem::exists(marker);
+    try {
+      complete = comm.max(complete ? 1.0 : 0.0) > 0.0;  // every rank takes rank 0's view (shared folder)
+    } catch (const std::exception& e) {
+      std::cerr << fmt::format("error: stage {}: {}\n", stage.name, e.what());
+      return false;
+    }
+    if (complete) {
       std::cout << fmt::format("[{}/{}] stage {}: reusing {}\n", i + 1, pipeline.stages.size(), stage.name,
                                (context.stage_dir() / "final").string());
       continue;
@@ -136,12 +168,14 @@ bool run_pipeline(const Pipeline& pipeline, const PluginRegistry& registry) {
       call_plugin(registry.find(Algorithm::kind, stage.algorithm_name), [&] { stage.algorithm->run(context); });
       context.record_data_counts();
       context.finish();
+      comm.barrier();  // rank 0 marks the stage complete only once every rank has finished it
     } catch (const std::exception& e) {
       context.finish();
-      std::cerr << fmt::format("error: stage {} failed: {}\n", stage.name, e.what());
+      std::cerr << fmt::format("error: stage {} failed{}: {}\n", stage.name,
+                               comm.size() > 1 ? fmt::format(" on rank {}", comm.rank()) : "", e.what());
       return false;
     }
-    write_file_atomic(marker, fmt::format("stage {} finished\n", stage.name));
+    if (main_rank) write_file_atomic(marker, fmt::format("stage {} finished\n", stage.name));
     std::chrono::duration<double> took = std::chrono::steady_clock::now() - start;
     std::cout << fmt::format("[{}/{}] stage {} done in {:.1f}s\n", i + 1, pipeline.stages.size(), stage.name,
                              took.count());

@@ -57,6 +57,7 @@
 
 #include "dschat/sdk/algorithm.h"
 #include "dschat/sdk/data_collate.h"
+#include "dschat/sdk/distributed.h"
 #include "dschat/sdk/generation.h"
 #include "dschat/sdk/hook.h"
 #include "dschat/sdk/hybrid_engine.h"
@@ -214,8 +215,10 @@ void Ppo::run(StageContext& ctx) {
 
   // Optimizer steps: DeepSpeed-Chat's num_total_iters (prompt batches x micro-batches per experience x ppo_epochs
   // / accumulation), capped by max_steps.
-  const int64_t prompt_batches = (static_cast<int64_t>(train.size()) + o_.generation_batch_size - 1) /
-                                 o_.generation_batch_size;
+  auto& comm = world();
+  const int64_t global_prompt_batches = (static_cast<int64_t>(train.size()) + o_.generation_batch_size - 1) /
+                                        o_.generation_batch_size;
+  const int64_t prompt_batches = (global_prompt_batches + comm.size() - 1) / comm.size();  // this rank's share
   const int64_t micro_per_rollout = (o_.generation_batch_size + o_.training_batch_size - 1) / o_.training_batch_size;
   int64_t total = o_.epochs * prompt_batches * micro_per_rollout * o_.ppo_epochs / o_.gradient_accumulation_steps;
   total = std::max<int64_t>(total, 1);
@@ -239,6 +242,7 @@ void Ppo::run(StageContext& ctx) {
 
   for (const auto& hook : ctx.hooks()) {
     hook->set_model_info({handle.family, tokenizer});
+    auto whole = actor_engine->gather_parameters();
     hook->on_train_begin(*actor);
   }
 
@@ -268,6 +272,8 @@ void Ppo::run(StageContext& ctx) {
   for (int64_t i = 0; i < n_eval; ++i) eval_indices.push_back(i);
   auto evaluate = [&](CausalLM& lm, int64_t step, const std::string& prefix) {
     if (eval_indices.empty()) return;
+    // ZeRO-3: the actor's weights whole for the whole evaluation (every rank evaluates the same prompts).
+    auto whole = &lm == actor.get() ? actor_engine->gather_parameters() : nullptr;
     double score_sum = 0.0, kl_sum = 0.0, len_sum = 0.0;
     std::string sample;
     SamplingOptions greedy = sampling;
@@ -334,6 +340,9 @@ void Ppo::run(StageContext& ctx) {
     options.seed = ctx.seed() * 1000003ULL + static_cast<uint64_t>(rollout);
     auto t0 = Clock::now();
     GenerationResult out;
+    // The hybrid engine: under ZeRO-3 the actor is gathered once for the rollout (not per token or block) and
+    // released after the consistency check.
+    auto whole = actor_engine->gather_parameters();
     {
       GenerationView view(*actor);
       out = generator->generate(*actor, batch.input_ids.to(device), batch.attention_mask.to(device), options);
@@ -346,6 +355,7 @@ void Ppo::run(StageContext& ctx) {
       gen_logprobs = (gen_logprobs + o_.debug_corrupt_generation_logprobs) * out.answer_mask.to(at::kFloat);
     const double diff = logprob_consistency(*actor, out.sequences, out.attention_mask, P, gen_logprobs,
                                             o_.consistency_sample_rows);
+    whole.reset();
     metrics.scalar("consistency/max_abs_diff", diff, actor_engine->global_step());
     if (!(diff <= threshold))
       throw ConsistencyError(fmt::format(
@@ -357,7 +367,8 @@ void Ppo::run(StageContext& ctx) {
     auto keep = rows_to_keep(out.sequences, P, pad_id);
     const int64_t dropped = out.sequences.size(0) - keep.size(0);
     metrics.scalar("rollout/dropped_rows", static_cast<double>(dropped), actor_engine->global_step());
-    if (keep.size(0) == 0) {
+    // Ranks train in lockstep: a rollout that is empty on any rank is skipped (or replaced) on every rank.
+    if (comm.max(keep.size(0) == 0 ? 1.0 : 0.0) > 0.0) {
       // DeepSpeed-Chat reuses the last valid batch when every answer is too short.
       std::cout << fmt::format("stage {}: rollout {}: every answer has <= 1 token; {}\n", stage, rollout,
                                last_valid ? "reusing the previous rollout" : "skipping it");
@@ -384,7 +395,8 @@ void Ppo::run(StageContext& ctx) {
   // ---- training on buffered experience ----
   bool stop = false;
   auto after_actor_step = [&](const StepResult& r) {
-    if (!r.applied) return;
+    if (!r.applied || ctx.hooks().empty()) return;
+    auto whole = actor_engine->gather_parameters();  // the EMA reads every weight (ZeRO-3: gathered)
     for (const auto& hook : ctx.hooks()) hook->after_optimizer_step(*actor, {actor_engine->global_step()});
   };
   auto ptx_step = [&] {
@@ -411,7 +423,12 @@ void Ppo::run(StageContext& ctx) {
     for (int64_t ep = 0; ep < o_.ppo_epochs && !stop; ++ep) {
       for (const auto& e : buffer) {
         const int64_t B = e.seq.size(0), start = e.prompt_length - 1;
-        for (int64_t r0 = 0; r0 < B && !stop; r0 += o_.training_batch_size) {
+        // Every rank takes as many micro-batches as the rank with the most rows (a rank with fewer rows after
+        // dropping short answers wraps around), so that the collectives line up.
+        const int64_t local_micro = (B + o_.training_batch_size - 1) / o_.training_batch_size;
+        const auto micro_batches = static_cast<int64_t>(comm.max(static_cast<double>(local_micro)));
+        for (int64_t k = 0; k < micro_batches && !stop; ++k) {
+          const int64_t r0 = (k % local_micro) * o_.training_batch_size;
           const int64_t r1 = std::min(B, r0 + o_.training_batch_size);
           auto seq = e.seq.slice(0, r0, r1), mask = e.attention_mask.slice(0, r0, r1);
           auto old_logp = e.old_logprobs.slice(0, r0, r1), ref_logp = e.ref_logprobs.slice(0, r0, r1);
@@ -462,6 +479,10 @@ void Ppo::run(StageContext& ctx) {
   double buf_gen_s = 0, buf_exp_s = 0, buf_gen_flops = 0, buf_rollout_rows = 0, reward_sum = 0, kl_sum = 0;
   auto flush = [&] {
     if (buffer.empty()) return;
+    // The means over every rank's rollouts.
+    reward_sum = comm.sum(reward_sum);
+    kl_sum = comm.sum(kl_sum);
+    buf_rollout_rows = comm.sum(buf_rollout_rows);
     auto t0 = Clock::now();
     TrainStats s = train_on(buffer);
     const double train_s = seconds_since(t0);
@@ -495,8 +516,9 @@ void Ppo::run(StageContext& ctx) {
   };
 
   for (int64_t epoch = 0; epoch < o_.epochs && !stop; ++epoch) {
-    for (const auto& indices : epoch_batches(static_cast<int64_t>(train.size()), o_.generation_batch_size,
-                                             ctx.seed(), epoch)) {
+    for (const auto& indices : rank_batches(epoch_batches(static_cast<int64_t>(train.size()),
+                                                          o_.generation_batch_size, ctx.seed(), epoch),
+                                            comm.rank(), comm.size())) {
       if (stop) break;
       double gen_s = 0, exp_s = 0;
       auto e = make_experience(indices, gen_s, exp_s);
@@ -525,7 +547,13 @@ void Ppo::run(StageContext& ctx) {
   const int64_t final_step = actor_engine->global_step();
   evaluate(*actor, final_step, "eval/");
 
-  for (const auto& hook : ctx.hooks()) hook->on_train_end(*actor, ctx.stage_dir());
+  // The EMA is the same on every rank; rank 0 writes it, the others wait before reading it back.
+  {
+    auto whole = actor_engine->gather_parameters();
+    if (comm.is_main())
+      for (const auto& hook : ctx.hooks()) hook->on_train_end(*actor, ctx.stage_dir());
+  }
+  comm.barrier();
   // The EMA (written by the `ema` hook) evaluated the same way as the actor.
   const fs::path ema_dir = ctx.stage_dir() / "ema";
   if (fs::exists(ema_dir / "config.json")) {
@@ -535,6 +563,9 @@ void Ppo::run(StageContext& ctx) {
   }
 
   const fs::path final_dir = ctx.stage_dir() / "final";
+  auto actor_whole = actor_engine->gather_parameters();
+  auto critic_whole = critic_engine->gather_parameters();
+  if (!comm.is_main()) return;
   handle.family->export_hf(*actor, final_dir);
   tokenizer->save(final_dir);
   if (o_.save_critic) {

@@ -18,6 +18,7 @@
 
 #include "dschat/sdk/algorithm.h"
 #include "dschat/sdk/data_collate.h"
+#include "dschat/sdk/distributed.h"
 #include "dschat/sdk/optim.h"
 #include "dschat/sdk/plugin.h"
 #include "dschat/sdk/reward_loss.h"
@@ -131,8 +132,10 @@ class Reward : public Algorithm {
     };
     run_train_loop(context, *engine, options_, static_cast<int64_t>(train.size()), callbacks);
 
-    save_reward_model(*rm, *handle.family, tokenizer.get(), context.stage_dir() / "final",
-                      {{"pad_token_id", pad_id}, {"num_padding_at_beginning", npb}, {"value_head", "v_head.weight"}});
+    auto whole = engine->gather_parameters();  // ZeRO-3: every weight back on every rank for the export
+    if (world().is_main())
+      save_reward_model(*rm, *handle.family, tokenizer.get(), context.stage_dir() / "final",
+                        {{"pad_token_id", pad_id}, {"num_padding_at_beginning", npb}, {"value_head", "v_head.weight"}});
   }
 
  private:

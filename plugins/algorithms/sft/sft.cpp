@@ -16,6 +16,7 @@
 
 #include "dschat/sdk/algorithm.h"
 #include "dschat/sdk/data_collate.h"
+#include "dschat/sdk/distributed.h"
 #include "dschat/sdk/optim.h"
 #include "dschat/sdk/plugin.h"
 #include "dschat/sdk/strategy.h"
@@ -114,8 +115,11 @@ class Sft : public Algorithm {
     run_train_loop(context, *engine, options_, static_cast<int64_t>(train.size()), callbacks);
 
     const auto final_dir = context.stage_dir() / "final";
-    handle.family->export_hf(*lm, final_dir);  // merges LoRA into the exported weights
-    tokenizer->save(final_dir);
+    auto whole = engine->gather_parameters();  // ZeRO-3: every weight back on every rank for the export
+    if (world().is_main()) {
+      handle.family->export_hf(*lm, final_dir);  // merges LoRA into the exported weights
+      tokenizer->save(final_dir);
+    }
   }
 
  private:

@@ -2,6 +2,7 @@
 // (dschat/sdk/optim.h), which the multi-process strategies extend.
 #include <ATen/Context.h>
 
+#include "dschat/sdk/distributed.h"
 #include "dschat/sdk/optim.h"
 #include "dschat/sdk/plugin.h"
 #include "dschat/sdk/strategy.h"
@@ -22,6 +23,10 @@ class SingleStrategy : public dschat::Strategy {
   std::unique_ptr<dschat::Engine> make_engine(std::shared_ptr<torch::nn::Module> module,
                                               std::shared_ptr<dschat::CausalLM> lm,
                                               const dschat::OptimizerOptions& options) override {
+    if (dschat::world().size() > 1)
+      throw std::invalid_argument(
+          "strategy \"single\" trains in one process, but the launcher started " +
+          std::to_string(dschat::world().size()) + " ranks: use [strategy] plugin = \"ddp\" or \"zero\"");
     return dschat::make_local_engine(std::move(module), std::move(lm), options,
                                      cuda_ ? at::Device(at::kCUDA, 0) : at::Device(at::kCPU), describe());
   }

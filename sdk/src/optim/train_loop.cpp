@@ -1,5 +1,7 @@
 #include "dschat/sdk/train_loop.h"
 
+#include "dschat/sdk/distributed.h"
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -7,6 +9,9 @@
 #include <random>
 
 #include <fmt/format.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/tensor.h>
+#include <ATen/ops/zeros.h>
 #include <nlohmann/json.hpp>
 
 namespace dschat {
@@ -25,8 +30,19 @@ std::vector<std::vector<int64_t>> epoch_batches(int64_t count, int64_t batch_siz
   return batches;
 }
 
+std::vector<std::vector<int64_t>> rank_batches(std::vector<std::vector<int64_t>> batches, int rank, int world_size) {
+  if (world_size == 1 || batches.empty()) return batches;
+  const size_t count = batches.size(), per_rank = (count + world_size - 1) / world_size;
+  std::vector<std::vector<int64_t>> mine;
+  for (size_t j = 0; j < per_rank; ++j) mine.push_back(batches[(j * world_size + rank) % count]);
+  return mine;
+}
+
 int64_t total_optimizer_steps(const TrainOptions& options, int64_t num_examples) {
-  const int64_t batches = (num_examples + options.per_device_train_batch_size - 1) / options.per_device_train_batch_size;
+  const int64_t world_size = world().size();
+  const int64_t global_batches =
+      (num_examples + options.per_device_train_batch_size - 1) / options.per_device_train_batch_size;
+  const int64_t batches = (global_batches + world_size - 1) / world_size;  // this rank's share
   const int64_t accum = options.optimizer.gradient_accumulation_steps;
   int64_t total = options.epochs * ((batches + accum - 1) / accum);
   if (options.max_steps > 0) total = std::min(total, options.max_steps);
@@ -60,6 +76,27 @@ int64_t trim_right_padding(at::Tensor& attention_mask, std::vector<at::Tensor*> 
   return keep;
 }
 
+void report_memory(StageContext& context, const Engine& engine, const std::string& label) {
+  auto& comm = world();
+  const MemoryFootprint m = engine.memory();
+  auto mib = [](int64_t bytes) { return static_cast<double>(bytes) / (1024.0 * 1024.0); };
+  std::cout << fmt::format("stage {}{}: rank {} holds {}: parameters {:.2f} MiB, gradients {:.2f} MiB, optimizer "
+                           "{:.2f} MiB ({} + {} + {} bytes)\n",
+                           context.stage_name(), label.empty() ? "" : " " + label, comm.rank(), engine.describe(),
+                           mib(m.parameter_bytes), mib(m.gradient_bytes), mib(m.optimizer_bytes), m.parameter_bytes,
+                           m.gradient_bytes, m.optimizer_bytes);
+  at::Tensor mine = at::tensor({static_cast<double>(m.parameter_bytes), static_cast<double>(m.gradient_bytes),
+                                static_cast<double>(m.optimizer_bytes)}, at::kDouble);
+  at::Tensor all = at::empty({3 * comm.size()}, mine.options());
+  comm.all_gather(all, mine);
+  const std::string prefix = label.empty() ? "memory" : "memory/" + label;
+  for (int r = 0; r < comm.size(); ++r) {
+    context.metrics().scalar(fmt::format("{}/rank{}/parameter_bytes", prefix, r), all[3 * r].item<double>(), 0);
+    context.metrics().scalar(fmt::format("{}/rank{}/gradient_bytes", prefix, r), all[3 * r + 1].item<double>(), 0);
+    context.metrics().scalar(fmt::format("{}/rank{}/optimizer_bytes", prefix, r), all[3 * r + 2].item<double>(), 0);
+  }
+}
+
 void run_train_loop(StageContext& context, Engine& engine, const TrainOptions& options, int64_t num_examples,
                     const TrainLoopCallbacks& callbacks) {
   TORCH_CHECK(num_examples > 0, "stage ", context.stage_name(), ": no training examples");
@@ -68,6 +105,7 @@ void run_train_loop(StageContext& context, Engine& engine, const TrainOptions& o
   const fs::path checkpoints = context.stage_dir() / "checkpoints";
   auto& metrics = context.metrics();
   auto& progress = context.progress();
+  auto& comm = world();
 
   int64_t start_epoch = 0, start_batch = 0;
   if (auto latest = latest_checkpoint(context.stage_dir())) {
@@ -80,13 +118,15 @@ void run_train_loop(StageContext& context, Engine& engine, const TrainOptions& o
     callbacks.evaluate(0);
   }
 
+  report_memory(context, engine, "");
   progress.start(context.stage_name(), total);
   int64_t last_eval = engine.global_step() == 0 ? 0 : -1;
   double loss_sum = 0.0;
   int64_t loss_count = 0, tokens = 0;
   engine.train(true);
   for (int64_t epoch = start_epoch; epoch < options.epochs && engine.global_step() < total; ++epoch) {
-    auto batches = epoch_batches(num_examples, options.per_device_train_batch_size, context.seed(), epoch);
+    auto batches = rank_batches(epoch_batches(num_examples, options.per_device_train_batch_size, context.seed(), epoch),
+                                comm.rank(), comm.size());
     const int64_t first = epoch == start_epoch ? start_batch : 0;
     for (int64_t b = first; b < static_cast<int64_t>(batches.size()) && engine.global_step() < total; ++b) {
       auto [loss, n] = callbacks.micro_batch(batches[b]);
@@ -107,7 +147,9 @@ void run_train_loop(StageContext& context, Engine& engine, const TrainOptions& o
       }
       if (!step.boundary) continue;
       const int64_t s = engine.global_step();
-      const double mean_loss = loss_sum / static_cast<double>(std::max<int64_t>(loss_count, 1));
+      // Averaged over the ranks: the loss of the global batch, as one process with accumulation would report.
+      const double mean_loss = comm.mean(loss_sum / static_cast<double>(std::max<int64_t>(loss_count, 1)));
+      tokens = static_cast<int64_t>(comm.sum(static_cast<double>(tokens)));
       metrics.scalar("train/loss", mean_loss, s);
       metrics.scalar("train/lr", step.lr, s);
       metrics.scalar("train/grad_norm", step.grad_norm, s);
@@ -124,16 +166,17 @@ void run_train_loop(StageContext& context, Engine& engine, const TrainOptions& o
       if (options.checkpoint_interval > 0 && s % options.checkpoint_interval == 0) {
         nlohmann::json client = {{"epoch", epoch_end ? epoch + 1 : epoch}, {"next_batch", epoch_end ? 0 : b + 1}};
         engine.save_checkpoint(checkpoints / fmt::format("step-{}", s), client);
-        // Keep the two newest.
-        std::vector<std::pair<int64_t, fs::path>> found;
-        std::error_code ec;
-        for (const auto& e : fs::directory_iterator(checkpoints, ec)) {
-          auto name = e.path().filename().string();
-          if (name.rfind("step-", 0) == 0 && name.find('.') == std::string::npos)
-            found.emplace_back(std::stoll(name.substr(5)), e.path());
+        if (comm.is_main()) {  // keep the two newest
+          std::vector<std::pair<int64_t, fs::path>> found;
+          std::error_code ec;
+          for (const auto& e : fs::directory_iterator(checkpoints, ec)) {
+            auto name = e.path().filename().string();
+            if (name.rfind("step-", 0) == 0 && name.find('.') == std::string::npos)
+              found.emplace_back(std::stoll(name.substr(5)), e.path());
+          }
+          std::sort(found.begin(), found.end());
+          for (size_t i = 0; i + 2 < found.size(); ++i) fs::remove_all(found[i].second);
         }
-        std::sort(found.begin(), found.end());
-        for (size_t i = 0; i + 2 < found.size(); ++i) fs::remove_all(found[i].second);
       }
     }
   }

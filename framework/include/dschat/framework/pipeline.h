@@ -43,6 +43,12 @@ struct StageSpec {
   std::vector<std::shared_ptr<Hook>> hooks;  // stage.hooks = [{ plugin = ..., ... }]
 };
 
+// [distributed]: how the ranks a launcher started talk (DESIGN §6).
+struct DistributedSpec {
+  std::string backend = "auto";  // auto | gloo | nccl
+  double timeout_s = 300.0;      // rendezvous and each collective; a dead rank is noticed within it
+};
+
 struct Pipeline {
   std::shared_ptr<ConfigDocument> document;
   std::string name;
@@ -52,6 +58,7 @@ struct Pipeline {
   std::map<std::string, ModelSpec> models;
   StrategySpec strategy;
   DataSpec data;
+  DistributedSpec distributed;
   std::vector<StageSpec> stages;
 
   std::string describe() const;  // the plan --dry-run prints

@@ -25,7 +25,7 @@
 namespace dschat {
 
 // Where this process sits, read from the launcher's environment variables.
-struct LaunchEnvironment {
+struct DSCHAT_SDK_API LaunchEnvironment {
   std::string launcher = "none";  // "torchrun" | "slurm" | "mpirun" | "env" (RANK/WORLD_SIZE set by hand) | "none"
   int rank = 0;
   int world_size = 1;

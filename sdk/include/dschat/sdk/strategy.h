@@ -53,6 +53,14 @@ struct StepResult {
   double loss_scale = 1.0;
 };
 
+// What one rank holds for a trained model, in bytes (DESIGN §6 memory accounting). ZeRO divides optimizer
+// states (stage 1), then gradients (stage 2), then parameters (stage 3) by the number of ranks.
+struct MemoryFootprint {
+  int64_t parameter_bytes = 0;  // the model's weights (a ZeRO-3 rank: its shard)
+  int64_t gradient_bytes = 0;   // gradients kept between backward and step
+  int64_t optimizer_bytes = 0;  // fp32 master weights (when kept apart from the model's) + Adam's two moments
+};
+
 // The engine a strategy makes for one trainable model.
 class DSCHAT_SDK_API Engine {
  public:
@@ -79,6 +87,12 @@ class DSCHAT_SDK_API Engine {
   virtual void save_checkpoint(const std::filesystem::path& dir, const nlohmann::json& client_state) = 0;
   // Restores what save_checkpoint wrote and returns its client_state.
   virtual nlohmann::json load_checkpoint(const std::filesystem::path& dir) = 0;
+
+  // While the returned guard lives every parameter is whole on this rank, so the model can be used directly:
+  // the hybrid engine's rollout (gathered once, not per token), exporting the final model. Engines that keep
+  // parameters whole return an empty guard. Collective under ZeRO-3: every rank calls it at the same point.
+  virtual std::shared_ptr<void> gather_parameters() { return nullptr; }
+  virtual MemoryFootprint memory() const { return {}; }
 };
 
 class DSCHAT_SDK_API Strategy {

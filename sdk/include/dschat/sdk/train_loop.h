@@ -24,8 +24,20 @@ namespace dschat {
 DSCHAT_SDK_API std::vector<std::vector<int64_t>> epoch_batches(int64_t count, int64_t batch_size, uint64_t seed,
                                                                int64_t epoch);
 
-// Optimizer steps of the whole stage: epochs * ceil(batches / accumulation), capped by max_steps.
+// This rank's micro-batches: every world_size-th batch starting at `rank`, wrapping around at the end so that
+// every rank takes the same number of steps (as DistributedSampler pads). Rank r's j-th micro-batch is global
+// batch j * world_size + r, so W ranks with accumulation A step on exactly the batches one process with
+// accumulation W * A steps on: the gradients agree.
+DSCHAT_SDK_API std::vector<std::vector<int64_t>> rank_batches(std::vector<std::vector<int64_t>> batches, int rank,
+                                                              int world_size);
+
+// Optimizer steps of the whole stage on each rank: epochs * ceil(ceil(batches / world size) / accumulation),
+// capped by max_steps.
 DSCHAT_SDK_API int64_t total_optimizer_steps(const TrainOptions& options, int64_t num_examples);
+
+// Prints what this rank holds for `engine` (parameters, gradients, optimizer states) and records every rank's
+// figures as metrics memory[/label]/rankR/*_bytes (collective: every rank calls it).
+DSCHAT_SDK_API void report_memory(StageContext& context, const Engine& engine, const std::string& label);
 
 // The latest stage_dir/checkpoints/step-N folder, if any.
 DSCHAT_SDK_API std::optional<std::filesystem::path> latest_checkpoint(const std::filesystem::path& stage_dir);

@@ -1,0 +1,45 @@
+// Strategy "ddp": data parallel over every rank the launcher started. Each rank keeps the whole model and
+// optimizer; gradients are all-reduced per block (one bucket each) while backward still runs on the blocks
+// below. The engine is the SDK's partitioned engine at stage 0 (dschat/sdk/partitioned_engine.h).
+#include <ATen/Context.h>
+
+#include <fmt/format.h>
+
+#include "dschat/sdk/distributed.h"
+#include "dschat/sdk/partitioned_engine.h"
+#include "dschat/sdk/plugin.h"
+#include "dschat/sdk/strategy.h"
+
+namespace {
+
+class DdpStrategy : public dschat::Strategy {
+ public:
+  explicit DdpStrategy(const dschat::ConfigTable& options) {
+    auto device = options.get_choice("device", {"auto", "cpu", "cuda"}, "auto");
+    if (device == "cuda" && !at::hasCUDA()) options.fail("device", "\"cuda\" asked for, but no CUDA device is visible");
+    cuda_ = device == "cuda" || (device == "auto" && at::hasCUDA());
+  }
+
+  std::string describe() const override { return fmt::format("ddp, {}", cuda_ ? "cuda" : "cpu"); }
+
+  std::unique_ptr<dschat::Engine> make_engine(std::shared_ptr<torch::nn::Module> module,
+                                              std::shared_ptr<dschat::CausalLM> lm,
+                                              const dschat::OptimizerOptions& options) override {
+    const int local_rank = dschat::launch_environment().local_rank;
+    at::Device device = cuda_ ? at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(local_rank)) : at::Device(at::kCPU);
+    return dschat::make_partitioned_engine(std::move(module), std::move(lm), options, device, {/*zero_stage=*/0},
+                                           device.str());
+  }
+
+ private:
+  bool cuda_ = false;
+};
+
+}  // namespace
+
+DSCHAT_PLUGIN("ddp", "0.1.0", "data parallel: whole model per rank, gradients all-reduced during backward") {
+  registrar.add<dschat::Strategy>("ddp", "data parallel, bucketed gradient all-reduce overlapped with backward",
+                                  [](const dschat::ConfigTable& options) {
+                                    return std::make_shared<DdpStrategy>(options);
+                                  });
+}

@@ -1,0 +1,260 @@
+// The run's communicator on c10d: TCPStore rendezvous, ProcessGroupGloo on CPU, ProcessGroupNCCL on CUDA.
+//
+// Gloo's headers: the torch wheel ships ProcessGroupGloo.hpp but not the gloo headers it includes, while
+// libtorch_cpu exports the process group itself. Debian's libgloo-dev (tools/setup.sh) provides the declarations;
+// nothing of libgloo is linked, and the only gloo type that crosses into LibTorch is an opaque
+// shared_ptr<gloo::transport::Device>, so the older snapshot's class layouts never meet the wheel's code.
+#define USE_C10D_GLOO 1
+#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#ifdef DSCHAT_WITH_CUDA
+#define USE_C10D_NCCL 1
+#include <c10/cuda/CUDAFunctions.h>
+#include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
+#endif
+
+#include <ATen/ops/scalar_tensor.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <iostream>
+#include <mutex>
+
+#include <fmt/format.h>
+
+#include "dschat/sdk/distributed.h"
+
+namespace dschat {
+
+void PendingCollective::wait() {
+  if (!wait_) return;
+  auto wait = std::move(wait_);
+  wait_ = nullptr;
+  wait();
+}
+
+double Communicator::sum(double value) {
+  at::Tensor t = at::scalar_tensor(value, at::kDouble).reshape({1});
+  all_reduce(t);
+  return t.item<double>();
+}
+
+double Communicator::max(double value) {
+  at::Tensor t = at::scalar_tensor(value, at::kDouble).reshape({1});
+  all_reduce_max(t);
+  return t.item<double>();
+}
+
+namespace {
+
+// One process: every collective is the identity.
+class LocalCommunicator : public Communicator {
+ public:
+  int rank() const override { return 0; }
+  int size() const override { return 1; }
+  std::string backend() const override { return "none"; }
+  double timeout_s() const override { return 0.0; }
+  PendingCollective all_reduce_async(at::Tensor&) override { return {}; }
+  void all_reduce_max(at::Tensor&) override {}
+  PendingCollective all_gather_async(at::Tensor& full, const at::Tensor& shard) override {
+    if (!full.is_same(shard)) full.view({-1}).copy_(shard.view({-1}));
+    return {};
+  }
+  PendingCollective reduce_scatter_async(at::Tensor& shard, const at::Tensor& full) override {
+    if (!full.is_same(shard)) shard.view({-1}).copy_(full.view({-1}));
+    return {};
+  }
+  void broadcast(at::Tensor&, int) override {}
+  void barrier() override {}
+};
+
+class ProcessGroupCommunicator : public Communicator {
+ public:
+  ProcessGroupCommunicator(c10::intrusive_ptr<c10d::Backend> group, std::string backend, int rank, int size,
+                           std::chrono::milliseconds timeout)
+      : group_(std::move(group)), backend_(std::move(backend)), rank_(rank), size_(size), timeout_(timeout) {}
+
+  int rank() const override { return rank_; }
+  int size() const override { return size_; }
+  std::string backend() const override { return backend_; }
+  double timeout_s() const override { return static_cast<double>(timeout_.count()) / 1000.0; }
+
+  PendingCollective all_reduce_async(at::Tensor& tensor) override {
+    return run("all_reduce", tensor, [&] {
+      std::vector<at::Tensor> tensors{tensor};
+      c10d::AllreduceOptions options;
+      options.reduceOp = c10d::ReduceOp::SUM;
+      options.timeout = timeout_;
+      return group_->allreduce(tensors, options);
+    });
+  }
+  void all_reduce_max(at::Tensor& tensor) override {
+    run("all_reduce(max)", tensor, [&] {
+      std::vector<at::Tensor> tensors{tensor};
+      c10d::AllreduceOptions options;
+      options.reduceOp = c10d::ReduceOp::MAX;
+      options.timeout = timeout_;
+      return group_->allreduce(tensors, options);
+    }).wait();
+  }
+  PendingCollective all_gather_async(at::Tensor& full, const at::Tensor& shard) override {
+    TORCH_CHECK(full.numel() == shard.numel() * size_, "all_gather: full has ", full.numel(), " elements, expected ",
+                size_, " x ", shard.numel());
+    return run("all_gather", full, [&] {
+      at::Tensor input = shard;
+      c10d::AllgatherOptions options;
+      options.timeout = timeout_;
+      return group_->_allgather_base(full, input, options);
+    });
+  }
+  PendingCollective reduce_scatter_async(at::Tensor& shard, const at::Tensor& full) override {
+    TORCH_CHECK(full.numel() == shard.numel() * size_, "reduce_scatter: full has ", full.numel(),
+                " elements, expected ", size_, " x ", shard.numel());
+    return run("reduce_scatter", full, [&] {
+      at::Tensor input = full;
+      c10d::ReduceScatterOptions options;
+      options.reduceOp = c10d::ReduceOp::SUM;
+      options.timeout = timeout_;
+      return group_->_reduce_scatter_base(shard, input, options);
+    });
+  }
+  void broadcast(at::Tensor& tensor, int root) override {
+    run("broadcast", tensor, [&] {
+      std::vector<at::Tensor> tensors{tensor};
+      c10d::BroadcastOptions options;
+      options.rootRank = root;
+      options.timeout = timeout_;
+      return group_->broadcast(tensors, options);
+    }).wait();
+  }
+  void barrier() override {
+    at::Tensor none;
+    run("barrier", none, [&] {
+      c10d::BarrierOptions options;
+      options.timeout = timeout_;
+      return group_->barrier(options);
+    }).wait();
+  }
+
+ private:
+  // Starts a collective; its failure (at start or on wait) becomes a DistributedError that says which rank, which
+  // collective, and what most likely happened.
+  template <typename Start>
+  PendingCollective run(const char* what, const at::Tensor& tensor, Start&& start) {
+    const std::string label =
+        tensor.defined() ? fmt::format("{} of {} {} elements", what, tensor.numel(), c10::toString(tensor.scalar_type()))
+                         : std::string(what);
+    c10::intrusive_ptr<c10d::Work> work;
+    try {
+      work = start();
+    } catch (const std::exception& e) {
+      throw failure(label, e.what());
+    }
+    return PendingCollective([this, work, label] {
+      try {
+        if (!work->wait(timeout_)) throw std::runtime_error("timed out");
+      } catch (const std::exception& e) {
+        throw failure(label, e.what());
+      }
+    });
+  }
+  DistributedError failure(const std::string& label, const std::string& cause) const {
+    std::string first_line = cause.substr(0, cause.find('\n'));
+    return DistributedError(fmt::format(
+        "rank {}/{}: {} failed ({}): {}. Another rank has most likely died or stopped responding; every rank gives "
+        "up within the timeout ({:.0f} s, [distributed] timeout_s)",
+        rank_, size_, label, backend_, first_line, timeout_s()));
+  }
+
+  c10::intrusive_ptr<c10d::Backend> group_;
+  std::string backend_;
+  int rank_, size_;
+  std::chrono::milliseconds timeout_;
+};
+
+std::mutex world_mutex;
+std::unique_ptr<Communicator> world_communicator;
+LaunchEnvironment world_environment;
+
+bool is_loopback(const std::string& host) {
+  return host == "localhost" || host.rfind("127.", 0) == 0 || host == "::1";
+}
+
+}  // namespace
+
+void init_world(const LaunchEnvironment& env, const DistributedOptions& options) {
+  std::lock_guard<std::mutex> lock(world_mutex);
+  TORCH_CHECK(!world_communicator || world_communicator->size() == 1, "init_world: the world is already started");
+  world_environment = env;
+  if (env.world_size == 1) {
+    world_communicator = std::make_unique<LocalCommunicator>();
+    return;
+  }
+  std::string backend = options.backend == "auto" ? (options.cuda ? "nccl" : "gloo") : options.backend;
+  if (backend != "gloo" && backend != "nccl")
+    throw std::invalid_argument("[distributed] backend = \"" + backend + "\": expected \"auto\", \"gloo\" or \"nccl\"");
+  const auto timeout = std::chrono::milliseconds(static_cast<int64_t>(options.timeout_s * 1000.0));
+
+  c10::intrusive_ptr<c10d::Store> store;
+  try {
+    c10d::TCPStoreOptions store_options;
+    store_options.port = static_cast<uint16_t>(env.master_port);
+    store_options.isServer = !env.agent_store && env.rank == 0;
+    store_options.numWorkers = env.agent_store ? std::nullopt : std::optional<size_t>(env.world_size);
+    store_options.waitWorkers = !env.agent_store;
+    store_options.timeout = timeout;
+    store = c10::make_intrusive<c10d::TCPStore>(env.master_addr, store_options);
+    if (env.agent_store) store = c10::make_intrusive<c10d::PrefixStore>(env.store_prefix, store);
+    store = c10::make_intrusive<c10d::PrefixStore>("dschat/world", store);
+  } catch (const std::exception& e) {
+    std::string cause = e.what();
+    throw DistributedError(fmt::format(
+        "rank {}/{}: rendezvous at {}:{} failed within {:.0f} s: {}", env.rank, env.world_size, env.master_addr,
+        env.master_port, options.timeout_s, cause.substr(0, cause.find('\n'))));
+  }
+
+  c10::intrusive_ptr<c10d::Backend> group;
+  try {
+    if (backend == "gloo") {
+      auto gloo_options = c10d::ProcessGroupGloo::Options::create();
+      gloo_options->timeout = timeout;
+      // GLOO_SOCKET_IFNAME picks the interface (as in PyTorch); a loopback store means one machine.
+      if (const char* ifname = std::getenv("GLOO_SOCKET_IFNAME"); ifname && *ifname)
+        gloo_options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForInterface(ifname));
+      else if (is_loopback(env.master_addr))
+        gloo_options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1"));
+      else
+        gloo_options->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
+      group = c10::make_intrusive<c10d::ProcessGroupGloo>(store, env.rank, env.world_size, gloo_options);
+    } else {
+#ifdef DSCHAT_WITH_CUDA
+      c10::cuda::set_device(static_cast<c10::DeviceIndex>(env.local_rank));
+      auto nccl_options = c10d::ProcessGroupNCCL::Options::create();
+      nccl_options->timeout = timeout;
+      group = c10::make_intrusive<c10d::ProcessGroupNCCL>(store, env.rank, env.world_size, nccl_options);
+#else
+      throw std::invalid_argument("the NCCL backend needs a CUDA build of dschat (cmake -DDSCHAT_CUDA=ON)");
+#endif
+    }
+  } catch (const std::invalid_argument&) {
+    throw;
+  } catch (const std::exception& e) {
+    std::string cause = e.what();
+    throw DistributedError(fmt::format("rank {}/{}: starting the {} process group failed within {:.0f} s: {}",
+                                       env.rank, env.world_size, backend, options.timeout_s,
+                                       cause.substr(0, cause.find('\n'))));
+  }
+  world_communicator =
+      std::make_unique<ProcessGroupCommunicator>(std::move(group), backend, env.rank, env.world_size, timeout);
+}
+
+Communicator& world() {
+  std::lock_guard<std::mutex> lock(world_mutex);
+  if (!world_communicator) world_communicator = std::make_unique<LocalCommunicator>();
+  return *world_communicator;
+}
+
+const LaunchEnvironment& launch_environment() { return world_environment; }
+
+}  // namespace dschat
