@@ -84,8 +84,8 @@ CausalLMOutput CausalLM::forward(const at::Tensor& input_ids, const at::Tensor& 
 }
 
 KvCache CausalLM::allocate_cache(int64_t batch, int64_t capacity) const {
-  return KvCache::allocate(static_cast<int64_t>(blocks_.size()), batch, dims_.num_kv_heads, capacity,
-                           dims_.head_dim, at::TensorOptions().dtype(dtype()).device(device()));
+  return KvCache::allocate(static_cast<int64_t>(blocks_.size()), batch, dims_.num_kv_heads / tensor_parallel_.size,
+                           capacity, dims_.head_dim, at::TensorOptions().dtype(dtype()).device(device()));
 }
 
 const char* to_string(TensorSplit split) {

@@ -136,8 +136,28 @@ at::Tensor AttentionImpl::forward(const at::Tensor& hidden, const AttentionInput
     k = apply_rotary(k, inputs.rope_cos, inputs.rope_sin);
   }
   const double scale = 1.0 / std::sqrt(static_cast<double>(o.head_dim));
+  if (total_heads_ != 0 && inputs.bias.defined() && inputs.bias.size(1) == total_heads_ &&
+      total_heads_ != o.num_heads) {
+    AttentionInputs local = inputs;
+    local.bias = inputs.bias.narrow(1, head_offset_, o.num_heads);
+    return out_proj->forward(attend(q, k, v, local, kv, scale, o.dropout, is_training()));
+  }
   auto context = attend(q, k, v, inputs, kv, scale, o.dropout, is_training());
   return out_proj->forward(context);
+}
+
+void AttentionImpl::shard_heads(int64_t rank, int64_t size) {
+  auto& o = options_;
+  TORCH_CHECK(total_heads_ == 0, "attention heads are already sharded");
+  TORCH_CHECK(size > 0 && rank >= 0 && rank < size, "shard_heads: rank ", rank, " outside a group of ", size);
+  TORCH_CHECK(o.num_heads % size == 0, "tensor parallelism over ", size, " ranks needs the attention head count (",
+              o.num_heads, ") to be a multiple of ", size);
+  TORCH_CHECK(o.num_kv_heads % size == 0, "tensor parallelism over ", size,
+              " ranks needs the key/value head count (", o.num_kv_heads, ") to be a multiple of ", size);
+  total_heads_ = o.num_heads;
+  o.num_heads /= size;
+  o.num_kv_heads /= size;
+  head_offset_ = rank * o.num_heads;
 }
 
 }  // namespace dschat

@@ -18,12 +18,26 @@ LoraLinearImpl::LoraLinearImpl(int64_t in_features, int64_t out_features, bool w
 }
 
 at::Tensor LoraLinearImpl::forward(const at::Tensor& x) {
+  if (reduce_partial || gather_output) return forward_parallel(x);
   auto y = at::linear(x, weight, bias);
   if (has_lora() && !fused_) {
     auto input = (is_training() && lora_dropout_ > 0) ? at::dropout(x, lora_dropout_, true) : x;
     y = y + at::matmul(at::matmul(input, lora_right), lora_left) * scale_;
   }
   return y;
+}
+
+at::Tensor LoraLinearImpl::forward_parallel(const at::Tensor& x) {
+  // Shards are built for generation and carry no adapter (the actor's LoRA is folded into the sliced weights).
+  TORCH_CHECK(!has_lora() || fused_, "a tensor-parallel linear layer cannot run an unfused LoRA adapter");
+  at::Tensor y;
+  if (reduce_partial) {
+    y = reduce_partial(at::linear(x, weight));
+    if (bias.defined()) y = y + bias;
+  } else {
+    y = at::linear(x, weight, bias);
+  }
+  return gather_output ? gather_output(y) : y;
 }
 
 void LoraLinearImpl::enable_lora(const LoraOptions& options) {

@@ -81,6 +81,16 @@ class DSCHAT_SDK_API CausalLM : public torch::nn::Module {
                          bool return_hidden = false, bool return_logits = true);
   KvCache allocate_cache(int64_t batch, int64_t capacity) const;
 
+  // ---- tensor parallelism (tensor_parallel.h) ----
+  // A shard's place in its group. dims() stays the whole model's (logits are gathered to the full vocabulary);
+  // the KV cache holds num_kv_heads / size heads.
+  struct TensorParallelPlacement {
+    int rank = 0;
+    int size = 1;
+  };
+  const TensorParallelPlacement& tensor_parallel() const { return tensor_parallel_; }
+  void set_tensor_parallel(TensorParallelPlacement placement) { tensor_parallel_ = placement; }
+
  protected:
   // Called once by the family's constructor with the blocks it registered (under its own names).
   void set_blocks(std::vector<std::shared_ptr<DecoderBlock>> blocks) { blocks_ = std::move(blocks); }
@@ -90,6 +100,7 @@ class DSCHAT_SDK_API CausalLM : public torch::nn::Module {
   std::shared_ptr<const nlohmann::json> hf_config_;
   std::string model_type_;
   std::vector<std::shared_ptr<DecoderBlock>> blocks_;
+  TensorParallelPlacement tensor_parallel_;
 };
 
 struct ModelOptions {

@@ -67,10 +67,19 @@ class DSCHAT_SDK_API AttentionImpl : public torch::nn::Module {
   at::Tensor forward(const at::Tensor& hidden, const AttentionInputs& inputs, LayerKv* kv = nullptr);
   const AttentionOptions& options() const { return options_; }
 
+  // Tensor parallelism: this layer keeps heads [rank * H / size, (rank + 1) * H / size) (and the matching kv
+  // heads); options() then counts local heads. The caller slices the projections' weights (tensor_parallel.h).
+  // A per-head bias in AttentionInputs (ALiBi) stays the whole model's and is narrowed to these heads here, so
+  // every head keeps its global slope.
+  void shard_heads(int64_t rank, int64_t size);
+  int64_t head_offset() const { return head_offset_; }
+
   LoraLinear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, qkv_proj{nullptr}, out_proj{nullptr};
 
  private:
   AttentionOptions options_;
+  int64_t head_offset_ = 0;
+  int64_t total_heads_ = 0;  // the whole model's head count once sharded; 0: not sharded
 };
 TORCH_MODULE(Attention);
 

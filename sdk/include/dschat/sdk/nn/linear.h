@@ -4,6 +4,7 @@
 // as DeepSpeed-Chat's LinearLayer_LoRA does (lora_right_weight = R, lora_left_weight = L). fuse() folds the
 // adapter into W for generation and export; unfuse() takes it back out exactly as it was added.
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -42,7 +43,15 @@ class DSCHAT_SDK_API LoraLinearImpl : public torch::nn::Module {
   at::Tensor weight, bias;             // bias undefined when bias = false
   at::Tensor lora_right, lora_left;    // undefined until enable_lora
 
+  // Tensor parallelism (tensor_parallel.h sets these on a shard; empty otherwise, and forward is unchanged).
+  // reduce_partial: a row-parallel layer holds a slice of the input features, so x W^T is a partial sum; this
+  //   sums it across the group, and the (replicated) bias is added once, after it.
+  // gather_output: a vocab-parallel head holds a slice of the output features; this concatenates the ranks'.
+  std::function<at::Tensor(at::Tensor)> reduce_partial, gather_output;
+
  private:
+  at::Tensor forward_parallel(const at::Tensor& x);
+
   double scale_ = 0.0;
   double lora_dropout_ = 0.0;
   bool fused_ = false;

@@ -1,0 +1,44 @@
+#pragma once
+// Megatron tensor parallelism for generation: every rank of a group holds a shard of the actor, laid out by the
+// family's tensor_parallel_spec, and runs the same decoding loop on the same prompts.
+//
+//   auto shard = make_tensor_parallel_shard(family, actor, dschat::world());   // once
+//   for (each rollout) {
+//     refresh_tensor_parallel_shard(*shard, family, actor);                   // after the training steps
+//     auto out = generator.generate(*shard, prompts, mask, options);          // identical on every rank
+//   }
+//
+// A shard is the same family's model with
+//   - rows-split parameters (column-parallel q/k/v/fc1/gate/up and their biases, a vocab-parallel lm_head)
+//     sliced along dim 0 and columns-split ones (row-parallel out_proj/fc2/down/dense) along dim 1;
+//   - num_heads / size (and num_kv_heads / size) local heads per attention layer, starting at
+//     rank * num_heads / size; BLOOM's fused query_key_value rows are head-major, so its row slice is whole heads,
+//     and the ALiBi bias keeps the global heads' slopes;
+//   - row-parallel linears that sum their partial products across the group (all-reduce) before the replicated
+//     bias, and a vocab-parallel head that all-gathers its logits: every rank sees the whole model's hidden
+//     states and logits, bit-identical across ranks, so decoding decisions (argmax, eos) agree everywhere.
+// Shards are inference-only: their parameters do not require grad and the collectives are not differentiable.
+#include <memory>
+
+#include "dschat/sdk/export.h"
+
+namespace dschat {
+
+class CausalLM;
+class Communicator;
+class ModelFamily;
+
+// Builds this rank's shard of `full` (a model of `family`, not a shard itself) over `group` and copies its
+// slices in (LoRA adapters folded in). The shard lives on full's device, in full's dtype, and keeps a reference
+// to `group`, which must outlive it. A dimension the group size does not divide (attention heads, key/value
+// heads, the feed-forward width, the vocabulary of a split head) is an error naming it. Every rank of the group
+// must call this (no collective runs here, but the shards are only useful together).
+DSCHAT_SDK_API std::shared_ptr<CausalLM> make_tensor_parallel_shard(const ModelFamily& family, CausalLM& full,
+                                                                    Communicator& group);
+
+// Copies this rank's slices of `full`'s current weights into `shard` (in place; LoRA folded in whether or not
+// it is fused), e.g. at the start of every rollout. `full` must be the model (or an identically shaped one) the
+// shard was made from.
+DSCHAT_SDK_API void refresh_tensor_parallel_shard(CausalLM& shard, const ModelFamily& family, CausalLM& full);
+
+}  // namespace dschat
