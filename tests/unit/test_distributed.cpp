@@ -253,6 +253,30 @@ hooks = [{ plugin = "ema", beta = 0.992 }]
   EXPECT_FALSE(metric(stage, "actor/loss").empty());
 }
 
+// The hybrid engine's TP rollouts: both ranks decode both ranks' prompts on their Megatron shards of the actor;
+// the consistency check compares each rank's rows with its (whole-model) training path.
+TEST(TwoRanks, PpoRolloutsWithTensorParallelGeneration) {
+  auto file = write_pipeline("ppo-tp", "plugin = \"zero\"\nstage = 2", 8, 1);
+  std::ofstream(file, std::ios::app) << R"(
+[[stage]]
+name = "rlhf"
+algorithm = "ppo"
+actor = "sft"
+critic = "rm"
+max_steps = 2
+per_device_generation_batch_size = 8
+per_device_training_batch_size = 8
+eval_prompts = 8
+generation_tensor_parallel = true
+generation = { plugin = "kv-cache", max_new_tokens = 16, do_sample = true }
+)";
+  auto result = run_two_ranks(file);
+  ASSERT_EQ(result.exit_code, 0) << result.output;
+  auto diffs = metric(out_root() / "ppo-tp" / "rlhf", "consistency/max_abs_diff");
+  ASSERT_EQ(diffs.size(), 2u);
+  for (double d : diffs) EXPECT_LT(d, 1e-4) << "TP=2 generation vs the whole actor's training path";
+}
+
 TEST(TwoRanks, QuickstartRunsAsTheReadmeSays) {
   const auto out = out_root() / "quickstart-2rank";
   fs::remove_all(out);
@@ -376,4 +400,13 @@ TEST(TwoRanks, AKilledRankStopsThePeerWithinTheTimeout) {
     auto shard = dschat::safetensors::File::open(*latest / fmt::format("shard-{}-of-2.safetensors", r));
     EXPECT_TRUE(shard->contains("block.0.master"));
   }
+}
+
+// Two ranks under the one-process strategy would each train alone on half the data: refused, saying what to use.
+TEST(TwoRanks, TheSingleStrategyRefusesSeveralRanks) {
+  auto file = write_pipeline("single-2rank", "plugin = \"single\"", 4, 1);
+  auto result = run_two_ranks(file);
+  EXPECT_NE(result.exit_code, 0);
+  EXPECT_NE(result.output.find("use [strategy] plugin = \"ddp\" or \"zero\""), std::string::npos) << result.output;
+  EXPECT_FALSE(fs::exists(out_root() / "single-2rank" / "sft" / "final" / "COMPLETE"));
 }

@@ -34,12 +34,16 @@
 //   consistency_threshold (1e-3 for fp32 actors, 0.1 for bf16/fp16), consistency_sample_rows 2
 //   eval_interval 0 (rollouts; 0 = start and end only), eval_prompts 0 (0 = every held-out prompt),
 //   per_device_eval_batch_size 16, trim_prompt_padding true, save_critic true
+//   generation_tensor_parallel false -- the hybrid engine's TP rollouts: every rank holds a Megatron shard of
+//   the actor (all ranks form one TP group), the ranks' prompts are generated together and each keeps its rows
 //   debug_corrupt_generation_logprobs 0 -- a test hook: added to the generation log-probs before the
 //   consistency check, so tests can prove that the check stops a run.
 // The stage must set `generation = { plugin = ... }`: a plugin cannot create another plugin, so there is no
 // built-in default generator.
 #include <ATen/ops/cat.h>
 #include <ATen/ops/cross_entropy_loss.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/full.h>
 #include <ATen/ops/ones_like.h>
 #include <ATen/ops/stack.h>
 #include <ATen/ops/tensor.h>
@@ -67,6 +71,7 @@
 #include "dschat/sdk/reward_loss.h"
 #include "dschat/sdk/reward_model.h"
 #include "dschat/sdk/strategy.h"
+#include "dschat/sdk/tensor_parallel.h"
 #include "dschat/sdk/tokenizer.h"
 #include "dschat/sdk/train_loop.h"
 #include "rollout.h"
@@ -99,6 +104,7 @@ struct PpoOptions {
   int64_t eval_interval = 0, eval_prompts = 0, eval_batch_size = 16;
   bool trim_prompt_padding = true;
   bool save_critic = true;
+  bool generation_tensor_parallel = false;
   double debug_corrupt_generation_logprobs = 0.0;
 };
 
@@ -145,6 +151,7 @@ PpoOptions read_options(const ConfigTable& t) {
   o.eval_batch_size = t.get_int("per_device_eval_batch_size", 16, 1);
   o.trim_prompt_padding = t.get_bool("trim_prompt_padding", true);
   o.save_critic = t.get_bool("save_critic", true);
+  o.generation_tensor_parallel = t.get_bool("generation_tensor_parallel", false);
   // Test hook: added to the generation log-probs before the consistency check, to prove the check trips.
   o.debug_corrupt_generation_logprobs = t.get_float("debug_corrupt_generation_logprobs", 0.0);
   return o;
@@ -330,6 +337,40 @@ void Ppo::run(StageContext& ctx) {
     if (ptx_blocks.empty()) ptx_blocks.push_back(stream);
   }
 
+  // ---- TP rollouts: one Megatron shard of the actor per rank, refreshed from the (whole) actor each rollout ----
+  std::shared_ptr<CausalLM> tp_shard;
+  auto generate_tensor_parallel = [&](const PromptBatch& batch, const SamplingOptions& options) {
+    GenerationView view(*actor);  // LoRA fused, eval, no grad: the shard copies what generation would see
+    if (!tp_shard) {
+      tp_shard = make_tensor_parallel_shard(*handle.family, *actor, comm);
+    } else {
+      refresh_tensor_parallel_shard(*tp_shard, *handle.family, *actor);
+    }
+    tp_shard->eval();
+    // Every rank decodes every rank's prompts (left-padded to the longest), in lockstep, and keeps its rows.
+    const int64_t rows = batch.input_ids.size(0);
+    const auto P = static_cast<int64_t>(comm.max(static_cast<double>(batch.input_ids.size(1))));
+    TORCH_CHECK(static_cast<int64_t>(comm.max(static_cast<double>(rows))) == rows,
+                "generation_tensor_parallel needs the same number of prompts on every rank");
+    auto left_pad = [&](const at::Tensor& t, int64_t value) {
+      return at::cat({at::full({rows, P - t.size(1)}, value, t.options()), t}, 1).contiguous();
+    };
+    at::Tensor ids = left_pad(batch.input_ids.to(device), pad_id), mask = left_pad(batch.attention_mask.to(device), 0);
+    at::Tensor all_ids = at::empty({rows * comm.size(), P}, ids.options());
+    at::Tensor all_mask = at::empty({rows * comm.size(), P}, mask.options());
+    comm.all_gather(all_ids, ids);
+    comm.all_gather(all_mask, mask);
+    GenerationResult all = generator->generate(*tp_shard, all_ids, all_mask, options);
+    GenerationResult mine;
+    const int64_t first = comm.rank() * rows;
+    mine.prompt_length = all.prompt_length;
+    mine.sequences = all.sequences.narrow(0, first, rows).contiguous();
+    mine.attention_mask = all.attention_mask.narrow(0, first, rows).contiguous();
+    mine.answer_mask = all.answer_mask.narrow(0, first, rows).contiguous();
+    mine.logprobs = all.logprobs.narrow(0, first, rows).contiguous();
+    return mine;
+  };
+
   // ---- experience ----
   std::optional<Experience> last_valid;
   int64_t rollout = 0;
@@ -343,7 +384,9 @@ void Ppo::run(StageContext& ctx) {
     // The hybrid engine: under ZeRO-3 the actor is gathered once for the rollout (not per token or block) and
     // released after the consistency check.
     auto whole = actor_engine->gather_parameters();
-    {
+    if (o_.generation_tensor_parallel) {
+      out = generate_tensor_parallel(batch, options);
+    } else {
       GenerationView view(*actor);
       out = generator->generate(*actor, batch.input_ids.to(device), batch.attention_mask.to(device), options);
     }

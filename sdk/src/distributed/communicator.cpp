@@ -102,21 +102,24 @@ class ProcessGroupCommunicator : public Communicator {
     TORCH_CHECK(full.numel() == shard.numel() * size_, "all_gather: full has ", full.numel(), " elements, expected ",
                 size_, " x ", shard.numel());
     return run("all_gather", full, [&] {
-      at::Tensor input = shard;
+      // Gloo wants each output chunk shaped like the input: both flat, so the contract is by element count.
+      at::Tensor output = full.view({-1});
+      at::Tensor input = shard.view({-1});
       c10d::AllgatherOptions options;
       options.timeout = timeout_;
-      return group_->_allgather_base(full, input, options);
+      return group_->_allgather_base(output, input, options);
     });
   }
   PendingCollective reduce_scatter_async(at::Tensor& shard, const at::Tensor& full) override {
     TORCH_CHECK(full.numel() == shard.numel() * size_, "reduce_scatter: full has ", full.numel(),
                 " elements, expected ", size_, " x ", shard.numel());
     return run("reduce_scatter", full, [&] {
-      at::Tensor input = full;
+      at::Tensor output = shard.view({-1});
+      at::Tensor input = full.view({-1});
       c10d::ReduceScatterOptions options;
       options.reduceOp = c10d::ReduceOp::SUM;
       options.timeout = timeout_;
-      return group_->_reduce_scatter_base(shard, input, options);
+      return group_->_reduce_scatter_base(output, input, options);
     });
   }
   void broadcast(at::Tensor& tensor, int root) override {
