@@ -47,6 +47,7 @@
 #include <ATen/ops/ones_like.h>
 #include <ATen/ops/stack.h>
 #include <ATen/ops/tensor.h>
+#include <ATen/ops/zeros.h>
 #include <c10/core/GradMode.h>
 
 #include <algorithm>
@@ -267,9 +268,15 @@ void Ppo::run(StageContext& ctx) {
     if (o_.trim_prompt_padding) trim_left_padding(batch.input_ids, batch.attention_mask);
     return batch;
   };
-  auto answer_logprobs = [](CausalLM& lm, const at::Tensor& seq, const at::Tensor& mask) {
-    auto logits = lm.forward(seq, mask).logits;
-    return ppo::logprobs_from_logits(logits.slice(1, 0, -1), seq.slice(1, 1)).to(at::kFloat);
+  // Log-probs of seq[:, 1:] as [B, L - 1] (DeepSpeed-Chat's layout), computed from position `from` on only (the
+  // LM head over the prompt is never read); the columns before `from` are 0.
+  auto pad_front = [](const at::Tensor& logp, int64_t from) {
+    return from == 0 ? logp : at::cat({at::zeros({logp.size(0), from}, logp.options()), logp}, 1);
+  };
+  auto answer_logprobs = [&](CausalLM& lm, const at::Tensor& seq, const at::Tensor& mask, int64_t from) {
+    auto hidden = lm.forward(seq, mask, nullptr, /*return_hidden=*/true, /*return_logits=*/false).hidden;
+    auto logits = lm.lm_logits(hidden.narrow(1, from, hidden.size(1) - 1 - from));
+    return pad_front(ppo::logprobs_from_logits(logits, seq.slice(1, from + 1)).to(at::kFloat), from);
   };
 
   // ---- eval: greedy answers to held-out prompts, mean reward score and mean KL to the reference ----
@@ -299,8 +306,8 @@ void Ppo::run(StageContext& ctx) {
       auto seq = out.sequences;
       auto mask = experience_mask(seq, pad_id);
       auto score = ppo_rollout::rollout_scores(*reward, seq, pad_id, P);
-      auto logp = answer_logprobs(lm, seq, mask);
-      auto ref = answer_logprobs(*reference, seq, mask);
+      auto logp = answer_logprobs(lm, seq, mask, P - 1);
+      auto ref = answer_logprobs(*reference, seq, mask, P - 1);
       auto action = mask.slice(1, P).to(at::kFloat);  // actions from start = P - 1
       kl_sum += ((logp.slice(1, P - 1) - ref.slice(1, P - 1)) * action).sum().item<double>();
       score_sum += score.sum().item<double>();
@@ -423,10 +430,10 @@ void Ppo::run(StageContext& ctx) {
     e.attention_mask = experience_mask(e.seq, pad_id);
     at::NoGradGuard no_grad;
     actor_engine->train(true);  // DeepSpeed-Chat computes the old log-probs in train mode (its scripts set dropout 0)
-    e.old_logprobs = ppo::logprobs_from_logits(actor_engine->forward(e.seq, e.attention_mask).logits.slice(1, 0, -1),
-                                               e.seq.slice(1, 1))
-                         .to(at::kFloat);
-    e.ref_logprobs = answer_logprobs(*reference, e.seq, e.attention_mask);
+    auto old_logits = actor_engine->forward(e.seq, e.attention_mask, false, true, P - 1).logits;
+    e.old_logprobs = pad_front(
+        ppo::logprobs_from_logits(old_logits.slice(1, 0, -1), e.seq.slice(1, P)).to(at::kFloat), P - 1);
+    e.ref_logprobs = answer_logprobs(*reference, e.seq, e.attention_mask, P - 1);
     e.score = ppo_rollout::rollout_scores(*reward, e.seq, pad_id, P).to(at::kFloat);
     auto hidden = critic_engine->forward(e.seq, e.attention_mask, /*return_hidden=*/true, false).hidden;
     e.values = critic->values_from_hidden(hidden).slice(1, 0, -1).to(at::kFloat);
@@ -488,9 +495,9 @@ void Ppo::run(StageContext& ctx) {
           }
           auto m = action_mask.slice(1, start).to(at::kFloat);
           // actor
-          auto logits = actor_engine->forward(seq, mask).logits;
-          auto logp = ppo::logprobs_from_logits(logits.slice(1, 0, -1), seq.slice(1, 1)).to(at::kFloat);
-          auto a_loss = ppo::actor_loss(logp.slice(1, start), old_logp.slice(1, start), advantages, m, o_.ppo);
+          auto logits = actor_engine->forward(seq, mask, false, true, start).logits;  // answer positions only
+          auto logp = ppo::logprobs_from_logits(logits.slice(1, 0, -1), seq.slice(1, start + 1)).to(at::kFloat);
+          auto a_loss = ppo::actor_loss(logp, old_logp.slice(1, start), advantages, m, o_.ppo);
           actor_engine->backward(a_loss);
           after_actor_step(actor_engine->step());
           if (o_.enable_ptx) s.ptx_loss += ptx_step();

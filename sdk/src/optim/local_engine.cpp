@@ -91,7 +91,9 @@ class LocalEngine : public Engine {
   }
 
   CausalLMOutput forward(const at::Tensor& input_ids, const at::Tensor& attention_mask, bool return_hidden,
-                         bool return_logits) override {
+                         bool return_logits, int64_t logits_from) override {
+    TORCH_CHECK(logits_from >= 0 && logits_from < input_ids.size(-1), "logits_from ", logits_from,
+                " is outside the ", input_ids.size(-1), " positions");
     TORCH_CHECK(input_ids.dim() == 2, "input_ids must be [batch, tokens], got ", input_ids.sizes());
     at::Tensor ids = input_ids.to(device_);
     at::Tensor mask = attention_mask.defined() ? attention_mask.to(device_)
@@ -112,7 +114,8 @@ class LocalEngine : public Engine {
     CausalLMOutput out;
     at::Tensor final = lm.final_hidden(hidden);
     if (return_hidden) out.hidden = final;
-    if (return_logits) out.logits = lm.lm_logits(final);
+    if (return_logits)
+      out.logits = lm.lm_logits(logits_from > 0 ? final.narrow(1, logits_from, final.size(1) - logits_from) : final);
     return out;
   }
 

@@ -71,9 +71,11 @@ class DSCHAT_SDK_API Engine {
   virtual std::string describe() const = 0;  // "single process, cpu, bf16 + fp32 master weights"
 
   // The LM's forward through the strategy's wrapped blocks (activation checkpointing, shard gathering).
-  // input_ids / attention_mask [B, T] (moved to device()).
+  // input_ids / attention_mask [B, T] (moved to device()). Logits only for positions >= logits_from
+  // ([B, T - logits_from, V]): PPO reads the answer positions only, and the LM head over the prompt would cost
+  // B x P x V for nothing. The hidden states are always all T positions.
   virtual CausalLMOutput forward(const at::Tensor& input_ids, const at::Tensor& attention_mask,
-                                 bool return_hidden = false, bool return_logits = true) = 0;
+                                 bool return_hidden = false, bool return_logits = true, int64_t logits_from = 0) = 0;
   // loss / gradient_accumulation_steps (times the loss scale for fp16) -> backward.
   virtual void backward(const at::Tensor& loss) = 0;
   // Call after every backward. At an accumulation boundary: unscale, clip, AdamW step, scheduler step, zero grads.
