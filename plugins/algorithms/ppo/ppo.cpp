@@ -589,7 +589,8 @@ void Ppo::run(StageContext& ctx) {
                                       dims);
       buffer.push_back(std::move(*e));
       if (static_cast<int64_t>(buffer.size()) == o_.generation_batches) flush();
-      if (o_.eval_interval > 0 && rollout % o_.eval_interval == 0) evaluate(*actor, actor_engine->global_step(), "eval/");
+      if (o_.eval_interval > 0 && rollout % o_.eval_interval == 0)
+        evaluate(*actor, actor_engine->global_step(), "eval/");
     }
   }
   flush();

@@ -145,9 +145,9 @@ class ProcessGroupCommunicator : public Communicator {
   // collective, and what most likely happened.
   template <typename Start>
   PendingCollective run(const char* what, const at::Tensor& tensor, Start&& start) {
-    const std::string label =
-        tensor.defined() ? fmt::format("{} of {} {} elements", what, tensor.numel(), c10::toString(tensor.scalar_type()))
-                         : std::string(what);
+    const std::string label = tensor.defined() ? fmt::format("{} of {} {} elements", what, tensor.numel(),
+                                                             c10::toString(tensor.scalar_type()))
+                                               : std::string(what);
     c10::intrusive_ptr<c10d::Work> work;
     try {
       work = start();

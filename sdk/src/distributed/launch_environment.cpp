@@ -1,4 +1,5 @@
 // Reading the launcher's environment: torchrun (and plain RANK/WORLD_SIZE), Open MPI's mpirun, Slurm's srun.
+#include <algorithm>
 #include <cstdlib>
 #include <optional>
 #include <stdexcept>
@@ -79,9 +80,10 @@ LaunchEnvironment detect_launch_environment(const Getenv& getenv_in) {
     env.world_size = *size;
     env.rank = read_int(getenv, "SLURM_PROCID", 0).value_or(0);
     env.local_rank = read_int(getenv, "SLURM_LOCALID", 0).value_or(0);
-    // SLURM_TASKS_PER_NODE is "2(x3)" style; only the uniform "N" form is read, else local size stays unknown (1).
+    // SLURM_NTASKS_PER_NODE exists only when the job asked --ntasks-per-node; else the local size stays 1.
     env.local_world_size = 1;
-    if (auto per_node = read(getenv, "SLURM_NTASKS_PER_NODE")) env.local_world_size = std::max(1, std::atoi(per_node->c_str()));
+    if (auto per_node = read(getenv, "SLURM_NTASKS_PER_NODE"))
+      env.local_world_size = std::max(1, std::atoi(per_node->c_str()));
     auto nodes = read(getenv, "SLURM_STEP_NODELIST");
     if (!nodes) nodes = read(getenv, "SLURM_JOB_NODELIST");
     if (nodes) env.master_addr = first_slurm_host(*nodes);

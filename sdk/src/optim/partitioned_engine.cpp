@@ -159,7 +159,8 @@ class PartitionedEngine : public Engine {
       if (stage_ >= 2) {
         m.gradient_bytes += unit.grad_shard.numel() * 4;
       } else {
-        for (const auto& member : unit.members) m.gradient_bytes += member.numel * params_[member.param].param.element_size();
+        for (const auto& member : unit.members)
+          m.gradient_bytes += member.numel * params_[member.param].param.element_size();
       }
       m.optimizer_bytes += (unit.master.numel() + unit.exp_avg.numel() + unit.exp_avg_sq.numel()) * 4;
     }
@@ -376,7 +377,8 @@ class PartitionedEngine : public Engine {
     if (fs::exists(dir / "frozen.safetensors")) {
       auto frozen = safetensors::File::open(dir / "frozen.safetensors");
       for (auto& item : module_->named_parameters(true))
-        if (!item.value().requires_grad() && frozen->contains(item.key())) item.value().copy_(frozen->tensor(item.key()));
+        if (!item.value().requires_grad() && frozen->contains(item.key()))
+          item.value().copy_(frozen->tensor(item.key()));
     }
     const fs::path rng = dir / fmt::format("rng-rank{}.safetensors", comm_.rank());
     if (fs::exists(rng)) set_generator_state(safetensors::File::open(rng)->tensor("cpu").clone());
@@ -591,9 +593,8 @@ class PartitionedEngine : public Engine {
   void release(Unit& unit) {
     if (stage_ != 3 || unit.pins > 0 || unit.persistent) return;
     unit.gathering.wait();  // a prefetch nobody used
-    for (const auto& member : unit.members)
-      params_[member.param].param.set_data(at::empty({0}, unit.whole.defined() ? unit.whole.options()
-                                                                                 : unit.param_shard.options().device(device_)));
+    const auto options = unit.param_shard.options().device(device_);
+    for (const auto& member : unit.members) params_[member.param].param.set_data(at::empty({0}, options));
     unit.whole.reset();
     unit.gather_source.reset();
     unit.assigned = false;
