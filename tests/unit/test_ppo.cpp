@@ -165,6 +165,33 @@ TEST(Ppo, ShortRunRaisesTheHeldOutScoreAndWritesItsOutputs) {
     EXPECT_TRUE(fs::exists(stage / f)) << f;
 }
 
+// A run interrupted after step 4 and resumed from its checkpoint ends where an uninterrupted run ends: the same
+// actor and EMA weights, bit for bit (constant lr, so the schedule does not depend on the planned length).
+TEST(Ppo, ResumesFromItsCheckpointExactly) {
+  const fs::path straight = fresh_dir("ppo-straight"), resumed = fresh_dir("ppo-resumed");
+  ASSERT_TRUE(run_pipeline(load_pipeline(write_pipeline(straight, "max_steps = 6\n"), {}, registry()), registry()));
+
+  const fs::path file = write_pipeline(resumed, "max_steps = 4\ncheckpoint_interval = 2\n");
+  ASSERT_TRUE(run_pipeline(load_pipeline(file, {}, registry()), registry()));
+  const fs::path stage = resumed / "run" / "rlhf";
+  ASSERT_TRUE(fs::exists(stage / "checkpoints" / "step-4" / "ppo.json"));
+  ASSERT_TRUE(fs::exists(stage / "checkpoints" / "step-4" / "hook-0" / "ema_state.safetensors"));
+  fs::remove_all(stage / "final");  // as if the run had stopped after the checkpoint
+  fs::remove_all(stage / "ema");
+  ::testing::internal::CaptureStdout();
+  const bool ok = run_pipeline(load_pipeline(file, {"stage.rlhf.max_steps=6"}, registry()), registry());
+  const std::string out = ::testing::internal::GetCapturedStdout();
+  ASSERT_TRUE(ok) << out;
+  EXPECT_NE(out.find("resuming from"), std::string::npos) << out;
+
+  for (const char* folder : {"final", "ema"}) {
+    auto a = safetensors::CheckpointReader::open(straight / "run" / "rlhf" / folder);
+    auto b = safetensors::CheckpointReader::open(stage / folder);
+    ASSERT_EQ(a.names(), b.names()) << folder;
+    for (const auto& name : a.names()) EXPECT_TRUE(a.load(name).equal(b.load(name))) << folder << " " << name;
+  }
+}
+
 TEST(Ppo, CorruptedGenerationLogprobsStopTheRun) {
   const fs::path root = fresh_dir("ppo-corrupt");
   auto file = write_pipeline(root, "max_steps = 3\ndebug_corrupt_generation_logprobs = 0.25\n");

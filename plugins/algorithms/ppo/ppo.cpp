@@ -34,6 +34,8 @@
 //   consistency_threshold (1e-3 for fp32 actors, 0.1 for bf16/fp16), consistency_sample_rows 2
 //   eval_interval 0 (rollouts; 0 = start and end only), eval_prompts 0 (0 = every held-out prompt),
 //   per_device_eval_batch_size 16, trim_prompt_padding true, save_critic true
+//   checkpoint_interval 0 -- rollouts between checkpoints (actor, critic, hooks' state such as the EMA, data
+//   position); an interrupted stage resumes from the newest complete one
 //   generation_tensor_parallel false -- the hybrid engine's TP rollouts: every rank holds a Megatron shard of
 //   the actor (all ranks form one TP group), the ranks' prompts are generated together and each keeps its rows
 //   debug_corrupt_generation_logprobs 0 -- a test hook: added to the generation log-probs before the
@@ -61,6 +63,7 @@
 #include <nlohmann/json.hpp>
 
 #include "dschat/sdk/algorithm.h"
+#include "dschat/sdk/atomic_file.h"
 #include "dschat/sdk/data_collate.h"
 #include "dschat/sdk/distributed.h"
 #include "dschat/sdk/generation.h"
@@ -106,6 +109,7 @@ struct PpoOptions {
   bool trim_prompt_padding = true;
   bool save_critic = true;
   bool generation_tensor_parallel = false;
+  int64_t checkpoint_interval = 0;  // rollouts between checkpoints (taken after a training flush); 0: none
   double debug_corrupt_generation_logprobs = 0.0;
 };
 
@@ -121,6 +125,7 @@ PpoOptions read_options(const ConfigTable& t) {
   o.ppo_epochs = t.get_int("ppo_epochs", 1, 1);
   o.epochs = t.get_int("epochs", 1, 1);
   o.max_steps = t.get_int("max_steps", 0, 0);
+  o.checkpoint_interval = t.get_int("checkpoint_interval", 0, 0);
   o.gradient_accumulation_steps = t.get_int("gradient_accumulation_steps", 1, 1);
   const std::string scheduler = t.get_choice("lr_scheduler", {"cosine", "linear", "constant"}, "cosine");
   const int64_t warmup = t.get_int("num_warmup_steps", 100, 0);
@@ -519,7 +524,55 @@ void Ppo::run(StageContext& ctx) {
   };
 
   // ---- the loop ----
-  evaluate(*actor, 0, "eval/");
+  // ---- checkpoints: <stage>/checkpoints/step-N/{actor,critic,hook-I}, complete once ppo.json is written ----
+  const fs::path checkpoints = ctx.stage_dir() / "checkpoints";
+  auto save_checkpoint = [&](int64_t epoch, int64_t next_batch) {
+    const fs::path dir = checkpoints / fmt::format("step-{}", actor_engine->global_step());
+    nlohmann::json position = {{"epoch", epoch}, {"next_batch", next_batch}, {"rollout", rollout},
+                               {"ptx_next", ptx_next}, {"world_size", comm.size()}};
+    actor_engine->save_checkpoint(dir / "actor", position);
+    critic_engine->save_checkpoint(dir / "critic", position);
+    if (comm.is_main()) {
+      for (size_t i = 0; i < ctx.hooks().size(); ++i) ctx.hooks()[i]->save_state(dir / fmt::format("hook-{}", i));
+      write_file_atomic(dir / "ppo.json", position.dump(2) + "\n");  // last: the checkpoint is complete
+      std::vector<std::pair<int64_t, fs::path>> complete;  // keep the two newest
+      std::error_code ec;
+      for (const auto& entry : fs::directory_iterator(checkpoints, ec)) {
+        const auto name = entry.path().filename().string();
+        if (name.rfind("step-", 0) == 0 && name.find('.') == std::string::npos && fs::exists(entry.path() / "ppo.json"))
+          complete.emplace_back(std::stoll(name.substr(5)), entry.path());
+      }
+      std::sort(complete.begin(), complete.end());
+      for (size_t i = 0; i + 2 < complete.size(); ++i) fs::remove_all(complete[i].second);
+    }
+    comm.barrier();
+  };
+  int64_t start_epoch = 0, start_batch = 0;
+  std::optional<fs::path> resume_from;
+  {
+    int64_t newest = -1;
+    std::error_code ec;
+    for (const auto& entry : fs::directory_iterator(checkpoints, ec)) {
+      const auto name = entry.path().filename().string();
+      if (name.rfind("step-", 0) != 0 || name.find('.') != std::string::npos || !fs::exists(entry.path() / "ppo.json"))
+        continue;
+      const int64_t step = std::stoll(name.substr(5));
+      if (step > newest) newest = step, resume_from = entry.path();
+    }
+  }
+  if (resume_from) {
+    auto position = actor_engine->load_checkpoint(*resume_from / "actor");
+    critic_engine->load_checkpoint(*resume_from / "critic");
+    for (size_t i = 0; i < ctx.hooks().size(); ++i) ctx.hooks()[i]->load_state(*resume_from / fmt::format("hook-{}", i));
+    start_epoch = position.at("epoch").get<int64_t>();
+    start_batch = position.at("next_batch").get<int64_t>();
+    rollout = position.at("rollout").get<int64_t>();
+    ptx_next = position.at("ptx_next").get<size_t>();
+    std::cout << fmt::format("stage {}: resuming from {} (step {}, epoch {}, prompt batch {})\n", stage,
+                             resume_from->string(), actor_engine->global_step(), start_epoch, start_batch);
+  } else {
+    evaluate(*actor, 0, "eval/");
+  }
   ctx.progress().start(stage, total);
   const auto& dims = actor->dims();
   const auto& cdims = critic->base->dims();
@@ -565,11 +618,13 @@ void Ppo::run(StageContext& ctx) {
     buf_gen_s = buf_exp_s = buf_gen_flops = buf_rollout_rows = reward_sum = kl_sum = 0;
   };
 
-  for (int64_t epoch = 0; epoch < o_.epochs && !stop; ++epoch) {
-    for (const auto& indices : rank_batches(epoch_batches(static_cast<int64_t>(train.size()),
-                                                          o_.generation_batch_size, ctx.seed(), epoch),
-                                            comm.rank(), comm.size())) {
+  for (int64_t epoch = start_epoch; epoch < o_.epochs && !stop; ++epoch) {
+    const auto batches = rank_batches(
+        epoch_batches(static_cast<int64_t>(train.size()), o_.generation_batch_size, ctx.seed(), epoch), comm.rank(),
+        comm.size());
+    for (size_t b = epoch == start_epoch ? static_cast<size_t>(start_batch) : 0; b < batches.size(); ++b) {
       if (stop) break;
+      const auto& indices = batches[b];
       double gen_s = 0, exp_s = 0;
       auto e = make_experience(indices, gen_s, exp_s);
       ++rollout;
@@ -588,7 +643,13 @@ void Ppo::run(StageContext& ctx) {
       buf_gen_flops += megatron_flops(1.0, static_cast<double>(indices.size()), static_cast<double>(e->seq.size(1)),
                                       dims);
       buffer.push_back(std::move(*e));
-      if (static_cast<int64_t>(buffer.size()) == o_.generation_batches) flush();
+      if (static_cast<int64_t>(buffer.size()) == o_.generation_batches) {
+        flush();
+        if (o_.checkpoint_interval > 0 && rollout % o_.checkpoint_interval == 0) {
+          const bool epoch_end = b + 1 == batches.size();
+          save_checkpoint(epoch_end ? epoch + 1 : epoch, epoch_end ? 0 : static_cast<int64_t>(b) + 1);
+        }
+      }
       if (o_.eval_interval > 0 && rollout % o_.eval_interval == 0)
         evaluate(*actor, actor_engine->global_step(), "eval/");
     }

@@ -58,6 +58,23 @@ class EmaHook : public Hook {
     }
   }
 
+  void save_state(const fs::path& dir) override {
+    std::vector<std::pair<std::string, at::Tensor>> tensors;
+    for (const auto& [name, average] : ema_) tensors.emplace_back(name, average.to(at::kCPU).contiguous());
+    fs::create_directories(dir);
+    safetensors::save_file(dir / "ema_state.safetensors", tensors);
+  }
+
+  void load_state(const fs::path& dir) override {
+    auto saved = safetensors::File::open(dir / "ema_state.safetensors");
+    at::NoGradGuard no_grad;
+    for (auto& [name, average] : ema_) {
+      TORCH_CHECK(saved->contains(name), (dir / "ema_state.safetensors").string(), ": no average for '", name,
+                  "' (a checkpoint of another model?)");
+      average.copy_(saved->tensor(name));
+    }
+  }
+
   // Swaps the averages into the model, exports it through its family (config.json, safetensors with LoRA
   // fused, tokenizer), and puts the trained weights back. A module that is not a CausalLM, or one without a
   // family, gets a plain stage_dir/ema/ema.safetensors of its named parameters.

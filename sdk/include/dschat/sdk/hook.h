@@ -28,7 +28,8 @@ class Hook {
  public:
   static constexpr const char* kind = "hook";
   // 2: set_model_info added (source compatible: it has a default), which changes the vtable.
-  static constexpr int interface_version = 2;
+  // 3: save_state / load_state, so that a stage's checkpoints carry what hooks keep (the EMA).
+  static constexpr int interface_version = 3;
   virtual ~Hook() = default;
 
   virtual void set_model_info(const HookModelInfo& /*info*/) {}
@@ -36,6 +37,10 @@ class Hook {
   virtual void after_optimizer_step(torch::nn::Module& /*model*/, const HookStepInfo& /*info*/) {}
   // Writes whatever the hook keeps (e.g. the EMA weights) into `stage_dir`.
   virtual void on_train_end(torch::nn::Module& /*model*/, const std::filesystem::path& /*stage_dir*/) {}
+  // Checkpoints: what the hook keeps, written into / read back from `dir` (a folder it owns). load_state is
+  // called after on_train_begin, when a stage resumes.
+  virtual void save_state(const std::filesystem::path& /*dir*/) {}
+  virtual void load_state(const std::filesystem::path& /*dir*/) {}
 };
 
 }  // namespace dschat
