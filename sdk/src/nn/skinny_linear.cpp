@@ -15,6 +15,7 @@
 #include <c10/util/BFloat16.h>
 
 #include <algorithm>
+#include <type_traits>
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
@@ -27,6 +28,7 @@ namespace {
 
 // x rows per kernel pass: M accumulators per row of W must stay in the 16 ymm registers.
 constexpr int kMaxPass = 8;
+constexpr int64_t kPrefetchBytes = 16 << 10;
 
 bool has_avx2() {
 #ifdef DSCHAT_SKINNY_AVX2
@@ -38,11 +40,12 @@ bool has_avx2() {
 }
 
 // Rows of W handled together: with few x rows, sharing each x load between R rows of W keeps the loop bound by
-// W's stream rather than by loads (M * R accumulators + R W registers fit in 16 ymm).
-// At least ~8 independent accumulators hide the FMA latency.
-template <int M>
+// W's stream rather than by loads; M * R accumulators (at least ~8 to hide the FMA latency) plus the W registers
+// (two per row for bf16) must fit in 16 ymm.
+template <typename T, int M>
 constexpr int rows_per_step() {
-  return M == 1 ? 8 : M == 2 ? 4 : M == 3 ? 3 : M <= 6 ? 2 : 1;
+  if constexpr (std::is_same_v<T, float>) return M == 1 ? 8 : M == 2 ? 4 : M == 3 ? 3 : M <= 6 ? 2 : 1;
+  return M == 1 ? 4 : M == 2 ? 3 : M <= 4 ? 2 : 1;
 }
 
 template <typename T, int M, int R>
@@ -68,13 +71,6 @@ void rows_scalar(const float* x, const T* w, const T* bias, T* y, int64_t K, int
 }
 
 #ifdef DSCHAT_SKINNY_AVX2
-__attribute__((target("avx2"))) inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
-// bf16 is the top half of an fp32: widen to 32 bits and shift into place (exact).
-__attribute__((target("avx2"))) inline __m256 load8(const c10::BFloat16* p) {
-  const __m256i h = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-  return _mm256_castsi256_ps(_mm256_slli_epi32(h, 16));
-}
-
 __attribute__((target("avx2"))) inline float hsum(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -83,33 +79,48 @@ __attribute__((target("avx2"))) inline float hsum(__m256 v) {
 }
 
 // s[m][r] = x[m, :] . w[r, :] for R consecutive rows of W starting at w.
+// bf16: a 32-bit lane of 16 loaded bf16 holds elements 2i (low half) and 2i+1 (high half); a shift and a mask
+// make both exact fp32 vectors (2 ALU ops per 16 weights, half of widening 8 at a time, which bound the loop).
+// x is pre-permuted to match: each full block of 16 stores its even elements, then its odd ones (bf16_x_layout).
 template <typename T, int M, int R>
-__attribute__((target("avx2,fma"))) void dot_avx2(const float* x, const T* w, int64_t K, float (&s)[M][R]) {
+__attribute__((target("avx2,fma"))) void dot_avx2(const float* x, const T* w, int64_t K, int64_t ahead,
+                                                  float (&s)[M][R]) {
+  constexpr bool kBf16 = std::is_same_v<T, c10::BFloat16>;
+  constexpr int kStep = kBf16 ? 16 : 8;
   __m256 acc[M][R];
 #pragma GCC unroll 8
   for (int m = 0; m < M; ++m)
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) acc[m][r] = _mm256_setzero_ps();
   int64_t k = 0;
-  for (; k + 8 <= K; k += 8) {
-    __m256 wv[R];
+  for (; k + kStep <= K; k += kStep) {
+    __m256 wv[R][kStep / 8];
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
-      // The next R rows, one block ahead: with M > 1 the loop does too much work per byte for the out-of-order
-      // window alone to keep enough of W's cache misses in flight (measured: M = 8 read W at half the M = 1 rate).
-      _mm_prefetch(reinterpret_cast<const char*>(w + (R + r) * K + k), _MM_HINT_T0);
-      wv[r] = load8(w + r * K + k);
+      // W `ahead` elements on: with M > 1 the loop does too much work per byte for the out-of-order window alone
+      // to keep enough of W's cache misses in flight. Into L2, not L1, where it would evict x (measured at M = 8
+      // on the LM head: 10.5 ms with T0, 6.4 ms with T1, 9-13 ms without prefetching).
+      _mm_prefetch(reinterpret_cast<const char*>(w + ahead + r * K + k), _MM_HINT_T1);
+      if constexpr (kBf16) {
+        const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + r * K + k));
+        wv[r][0] = _mm256_castsi256_ps(_mm256_slli_epi32(raw, 16));
+        wv[r][1] = _mm256_castsi256_ps(_mm256_and_si256(raw, _mm256_set1_epi32(static_cast<int>(0xFFFF0000u))));
+      } else {
+        wv[r][0] = _mm256_loadu_ps(w + r * K + k);
+      }
     }
+#pragma GCC unroll 2
+    for (int h = 0; h < kStep / 8; ++h)
 #pragma GCC unroll 8
-    for (int m = 0; m < M; ++m) {
-      const __m256 xv = _mm256_loadu_ps(x + m * K + k);
+      for (int m = 0; m < M; ++m) {
+        const __m256 xv = _mm256_loadu_ps(x + m * K + k + 8 * h);
 #pragma GCC unroll 8
-      for (int r = 0; r < R; ++r) acc[m][r] = _mm256_fmadd_ps(wv[r], xv, acc[m][r]);
-    }
+        for (int r = 0; r < R; ++r) acc[m][r] = _mm256_fmadd_ps(wv[r][h], xv, acc[m][r]);
+      }
   }
   for (int m = 0; m < M; ++m)
     for (int r = 0; r < R; ++r) s[m][r] = hsum(acc[m][r]);
-  for (; k < K; ++k)  // K % 8 tail
+  for (; k < K; ++k)  // K % kStep tail, in x's original order
     for (int r = 0; r < R; ++r) {
       const float wk = static_cast<float>(w[r * K + k]);
       for (int m = 0; m < M; ++m) s[m][r] += wk * x[m * K + k];
@@ -119,16 +130,19 @@ __attribute__((target("avx2,fma"))) void dot_avx2(const float* x, const T* w, in
 template <typename T, int M>
 __attribute__((target("avx2,fma"))) void rows_avx2(const float* x, const T* w, const T* bias, T* y, int64_t K,
                                                    int64_t N, int64_t n0, int64_t n1) {
-  constexpr int R = rows_per_step<M>();
+  constexpr int R = rows_per_step<T, M>();
+  // Prefetch whole blocks of R rows, at least kPrefetchBytes ahead (4-64 KB measured alike).
+  const int64_t block = R * K;
+  const int64_t ahead = (kPrefetchBytes / static_cast<int64_t>(sizeof(T)) + block - 1) / block * block;
   int64_t n = n0;
   for (; n + R <= n1; n += R) {
     float s[M][R];
-    dot_avx2<T, M, R>(x, w + n * K, K, s);
+    dot_avx2<T, M, R>(x, w + n * K, K, ahead, s);
     store<T, M, R>(s, bias, y, N, n);
   }
   for (; n < n1; ++n) {
     float s[M][1];
-    dot_avx2<T, M, 1>(x, w + n * K, K, s);
+    dot_avx2<T, M, 1>(x, w + n * K, K, ahead, s);
     store<T, M, 1>(s, bias, y, N, n);
   }
 }
@@ -158,7 +172,7 @@ void run(const float* x, const T* w, const T* bias, T* y, int64_t M, int64_t K, 
   // A task reads at least ~256 KB of W, so small layers are not split into tasks that cost more than they do.
   const int64_t grain = std::max<int64_t>(1, (int64_t{256} << 10) / row_bytes);
   // Past kMaxPass rows, W is walked in tiles that stay in L2 (~128 KB) while each pass of 8 x rows reads them.
-  const int64_t tile = M <= kMaxPass ? N : std::max<int64_t>(1, (int64_t{128} << 10) / row_bytes);
+  const int64_t tile = M <= kMaxPass ? N : std::max<int64_t>(8, (int64_t{128} << 10) / row_bytes);
   at::parallel_for(0, N, grain, [&](int64_t begin, int64_t end) {
     for (int64_t t0 = begin; t0 < end; t0 += tile) {
       const int64_t t1 = std::min(end, t0 + tile);
@@ -170,11 +184,28 @@ void run(const float* x, const T* w, const T* bias, T* y, int64_t M, int64_t K, 
   });
 }
 
-// Measured on a 2-thread AMD EPYC (tools/bench/bench_skinny_linear.cpp): the kernel beats at::linear up to these
-// many rows; smaller weights than kMinWeightBytes gain too little to be worth the dispatch.
-constexpr int64_t kMaxRowsFloat = 8;
+// Where the kernel beats at::linear, measured on a 2-thread AMD EPYC (Zen 4) with W streamed from DRAM
+// (tools/bench/bench_skinny_linear.cpp, OPT-125m's LM head [50272, 768] and block [3072, 768], [768, 3072],
+// [768, 768]). fp32: 1.9-4.8x up to 8 rows, 1.3-2.7x at 12, 0.98-2.4x at 16. bf16 converts each weight
+// before its FMAs, so it turns compute-bound sooner: 1.0-2.2x up to 4 rows everywhere; at 8 rows 1.2-1.5x where
+// the fp32 x rows fit in L1 (K <= 1024) and W is large, 0.4-0.8x otherwise ([768, 3072], [768, 768]).
+constexpr int64_t kMaxRowsFloat = 12;
 constexpr int64_t kMaxRowsBFloat16 = 8;
-constexpr int64_t kMinWeightBytes = 0;
+constexpr int64_t kMaxRowsBFloat16Any = 4;
+
+bool worth_it(at::ScalarType dtype, int64_t M, int64_t K, size_t weight_bytes) {
+  if (dtype == at::kFloat) return M <= kMaxRowsFloat;
+  if (dtype != at::kBFloat16 || M > kMaxRowsBFloat16) return false;
+  return M <= kMaxRowsBFloat16Any || (K <= 1024 && weight_bytes >= (size_t{4} << 20));
+}
+
+// The AVX2 bf16 loop's order of x (dot_avx2): per full block of 16, even elements then odd; the tail as is.
+at::Tensor bf16_x_layout(const at::Tensor& xf) {
+  const int64_t M = xf.size(0), K = xf.size(1), body = K / 16 * 16;
+  if (body == 0) return xf;
+  auto blocks = xf.narrow(1, 0, body).view({M, body / 16, 8, 2}).transpose(2, 3).reshape({M, body});
+  return body == K ? blocks : at::cat({blocks, xf.narrow(1, body, K - body)}, 1);
+}
 
 }  // namespace
 
@@ -198,7 +229,8 @@ at::Tensor skinny_linear(const at::Tensor& x, const at::Tensor& weight, const at
   const int64_t M = K == 0 ? 0 : x.numel() / K;
   if (M == 0 || N == 0) return y;
   if (K == 0) return bias.defined() ? y.copy_(bias.expand_as(y)) : y.zero_();
-  const auto xf = x.reshape({M, K}).to(at::kFloat).contiguous();  // fp32 copy only for bf16 or strided input
+  auto xf = x.reshape({M, K}).to(at::kFloat).contiguous();  // a copy only for bf16 or strided input
+  if (dtype == at::kBFloat16 && has_avx2()) xf = bf16_x_layout(xf);
   const auto b = bias.defined() ? bias.contiguous() : bias;
   if (dtype == at::kFloat) {
     run<float>(xf.data_ptr<float>(), weight.data_ptr<float>(), b.defined() ? b.data_ptr<float>() : nullptr,
@@ -221,9 +253,9 @@ bool use_skinny_linear(const at::Tensor& x, const at::Tensor& weight, const at::
   const auto dtype = weight.scalar_type();
   if (x.scalar_type() != dtype || weight.dim() != 2 || !weight.is_contiguous() || x.dim() < 1) return false;
   const int64_t K = weight.size(1);
-  if (K == 0 || x.size(-1) != K || weight.nbytes() < static_cast<size_t>(kMinWeightBytes)) return false;
+  if (K == 0 || x.size(-1) != K) return false;
   const int64_t M = x.numel() / K;
-  if (M < 1 || M > skinny_linear_max_rows(dtype)) return false;
+  if (M < 1 || !worth_it(dtype, M, K, weight.nbytes())) return false;
   if (bias.defined() && (!bias.device().is_cpu() || bias.scalar_type() != dtype || bias.dim() != 1 ||
                          bias.size(0) != weight.size(0)))
     return false;
