@@ -16,6 +16,7 @@
 #include "dschat/sdk/nn/linear.h"
 #include "dschat/sdk/nn/mlp.h"
 #include "dschat/sdk/nn/norm.h"
+#include "dschat/sdk/nn/skinny_linear.h"
 #include "dschat/sdk/plugin.h"
 
 namespace {
@@ -126,7 +127,7 @@ class BloomForCausalLM : public CausalLM {
   }
   at::Tensor final_hidden(const at::Tensor& hidden) override { return transformer->ln_f->forward(hidden); }
   at::Tensor lm_logits(const at::Tensor& hidden) override {
-    return at::linear(hidden, transformer->word_embeddings->weight);
+    return fast_linear(hidden, transformer->word_embeddings->weight);
   }
 
   std::shared_ptr<BloomModel> transformer;

@@ -14,6 +14,7 @@
 #include "dschat/sdk/nn/linear.h"
 #include "dschat/sdk/nn/mlp.h"
 #include "dschat/sdk/nn/norm.h"
+#include "dschat/sdk/nn/skinny_linear.h"
 #include "dschat/sdk/nn/rotary.h"
 #include "dschat/sdk/plugin.h"
 
@@ -136,7 +137,7 @@ class LlamaForCausalLM : public CausalLM {
   }
   at::Tensor final_hidden(const at::Tensor& hidden) override { return model->norm->forward(hidden); }
   at::Tensor lm_logits(const at::Tensor& hidden) override {
-    return lm_head ? lm_head->forward(hidden) : at::linear(hidden, model->embed_tokens->weight);
+    return lm_head ? lm_head->forward(hidden) : fast_linear(hidden, model->embed_tokens->weight);
   }
 
   std::shared_ptr<LlamaModel> model;

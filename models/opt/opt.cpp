@@ -14,6 +14,7 @@
 #include "dschat/sdk/nn/linear.h"
 #include "dschat/sdk/nn/mlp.h"
 #include "dschat/sdk/nn/norm.h"
+#include "dschat/sdk/nn/skinny_linear.h"
 #include "dschat/sdk/plugin.h"
 
 namespace {
@@ -153,7 +154,7 @@ class OptForCausalLM : public CausalLM {
   }
 
   at::Tensor lm_logits(const at::Tensor& hidden) override {
-    return lm_head ? lm_head->forward(hidden) : at::linear(hidden, model->decoder->embed_tokens->weight);
+    return lm_head ? lm_head->forward(hidden) : fast_linear(hidden, model->decoder->embed_tokens->weight);
   }
 
   std::shared_ptr<OptModel> model;

@@ -5,6 +5,7 @@
 #include <torch/nn/init.h>
 
 #include "dschat/sdk/nn/init.h"
+#include "dschat/sdk/nn/skinny_linear.h"
 
 namespace dschat {
 
@@ -19,7 +20,8 @@ LoraLinearImpl::LoraLinearImpl(int64_t in_features, int64_t out_features, bool w
 
 at::Tensor LoraLinearImpl::forward(const at::Tensor& x) {
   if (reduce_partial || gather_output) return forward_parallel(x);
-  auto y = at::linear(x, weight, bias);
+  // fast_linear: the decode-step kernel for a few rows without autograd, at::linear otherwise.
+  auto y = fast_linear(x, weight, bias);
   if (has_lora() && !fused_) {
     auto input = (is_training() && lora_dropout_ > 0) ? at::dropout(x, lora_dropout_, true) : x;
     y = y + at::matmul(at::matmul(input, lora_right), lora_left) * scale_;
@@ -32,10 +34,10 @@ at::Tensor LoraLinearImpl::forward_parallel(const at::Tensor& x) {
   TORCH_CHECK(!has_lora() || fused_, "a tensor-parallel linear layer cannot run an unfused LoRA adapter");
   at::Tensor y;
   if (reduce_partial) {
-    y = reduce_partial(at::linear(x, weight));
+    y = reduce_partial(fast_linear(x, weight));
     if (bias.defined()) y = y + bias;
   } else {
-    y = at::linear(x, weight, bias);
+    y = fast_linear(x, weight, bias);
   }
   return gather_output ? gather_output(y) : y;
 }

@@ -1,0 +1,32 @@
+#pragma once
+// y = x W^T + b for a few rows of x (a decode step: one new token per sequence) on the CPU.
+//
+// LibTorch's at::linear (MKL sgemm / oneDNN) reads a big W at a fraction of memory bandwidth at these skinny
+// shapes; skinny_linear reads W exactly once, computing all M dot products per row of W (fp32 accumulation),
+// split over LibTorch's threads along the output features. fast_linear picks it only where it measured faster
+// and no gradient is needed, so training and prefill keep at::linear.
+#include <cstdint>
+
+#include <ATen/core/Tensor.h>
+
+#include "dschat/sdk/export.h"
+
+namespace dschat {
+
+// The kernel: x [..., K], weight [N, K] contiguous, bias [N] or undefined, all CPU and all fp32 or all bf16.
+// Any number of rows works; rows past 8 are done in chunks of 8 over cache-resident tiles of W. No autograd.
+DSCHAT_SDK_API at::Tensor skinny_linear(const at::Tensor& x, const at::Tensor& weight,
+                                        const at::Tensor& bias = at::Tensor());
+
+// Whether fast_linear would run skinny_linear for these arguments: CPU with AVX2+FMA, supported dtypes and
+// layout, no gradient needed, and a shape where it measured faster: rows <= skinny_linear_max_rows(dtype)
+// (bf16 past 4 rows only for a large W with K <= 1024).
+DSCHAT_SDK_API bool use_skinny_linear(const at::Tensor& x, const at::Tensor& weight,
+                                      const at::Tensor& bias = at::Tensor());
+DSCHAT_SDK_API int64_t skinny_linear_max_rows(at::ScalarType dtype);
+
+// at::linear, or skinny_linear where use_skinny_linear says so. Layers call this instead of at::linear.
+DSCHAT_SDK_API at::Tensor fast_linear(const at::Tensor& x, const at::Tensor& weight,
+                                      const at::Tensor& bias = at::Tensor());
+
+}  // namespace dschat

@@ -1,0 +1,151 @@
+// dschat::skinny_linear (the decode-step kernel) against at::linear over shapes that are and are not multiples
+// of the vector width, fp32 and bf16, with and without bias; and fast_linear's dispatch: the kernel only for a
+// few rows without autograd, at::linear (with its backward) everywhere else.
+#include <string>
+#include <vector>
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <gtest/gtest.h>
+
+#include "dschat/sdk/nn/linear.h"
+#include "dschat/sdk/nn/skinny_linear.h"
+
+using namespace dschat;
+
+namespace {
+
+// The fp32 result of the same (rounded) inputs, accumulated in double: the reference both kernels approximate.
+at::Tensor reference(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
+  auto y = at::linear(x.to(at::kDouble), w.to(at::kDouble), b.defined() ? b.to(at::kDouble) : b);
+  return y;
+}
+
+void check(const std::vector<int64_t>& lead, int64_t N, int64_t K, at::ScalarType dtype, bool with_bias) {
+  SCOPED_TRACE("lead " + std::to_string(lead.size()) + " N " + std::to_string(N) + " K " + std::to_string(K) +
+               (dtype == at::kFloat ? " fp32" : " bf16") + (with_bias ? " bias" : ""));
+  auto x_sizes = lead;
+  x_sizes.push_back(K);
+  auto x = at::randn(x_sizes).to(dtype);
+  auto w = at::randn({N, K}).to(dtype);
+  auto b = with_bias ? at::randn({N}).to(dtype) : at::Tensor();
+  at::NoGradGuard no_grad;
+  auto ours = skinny_linear(x, w, b);
+  auto theirs = at::linear(x, w, b);
+  ASSERT_EQ(ours.sizes(), theirs.sizes());
+  ASSERT_EQ(ours.scalar_type(), dtype);
+  auto ref = reference(x, w, b);
+  // Magnitude of the terms summed: |x| |w| summed over K (plus |b|), the scale of reassociation error.
+  auto scale = at::linear(x.to(at::kDouble).abs(), w.to(at::kDouble).abs(),
+                          with_bias ? b.to(at::kDouble).abs() : at::Tensor());
+  auto err = (ours.to(at::kDouble) - ref).abs();
+  if (dtype == at::kFloat) {
+    // fp32 accumulation in another order: a few float epsilons of the summed magnitude.
+    EXPECT_LE((err / (scale + 1e-30)).max().item<double>(), 1e-5);
+    EXPECT_LE((ours - theirs).abs().max().item<double>(), 1e-4 * std::max(1.0, ref.abs().max().item<double>()));
+  } else {
+    // Output rounded to bf16 once: within half a bf16 ulp of the exact value (8-bit significand: 2^-8
+    // relative), plus the fp32 accumulation error.
+    EXPECT_LE((err - ref.abs() * (1.0 / 256) - scale * 1e-5).max().item<double>(), 0.0);
+    auto diff = (ours.to(at::kDouble) - theirs.to(at::kDouble)).abs();  // at::linear: also one rounding
+    EXPECT_LE((diff - ref.abs() * (1.0 / 128) - scale * 1e-5).max().item<double>(), 0.0);
+  }
+}
+
+}  // namespace
+
+TEST(SkinnyLinear, MatchesLinearFp32AndBf16) {
+  at::manual_seed(0);
+  for (auto dtype : {at::kFloat, at::kBFloat16}) {
+    for (bool bias : {false, true}) {
+      for (int64_t M = 1; M <= 8; ++M) check({M}, 1 + 37 * M, 5 + 97 * M, dtype, bias);  // N, K odd
+      check({1}, 1, 1, dtype, bias);
+      check({3}, 8, 16, dtype, bias);      // exact vector multiples
+      check({2, 3}, 1001, 771, dtype, bias);  // leading dims: 6 rows
+      check({4, 1}, 50, 3075, dtype, bias);   // long rows, x beyond L1
+      check({12}, 257, 100, dtype, bias);     // past 8 rows: passes over tiles of W
+      check({17}, 2000, 129, dtype, bias);
+    }
+  }
+}
+
+TEST(SkinnyLinear, SameResultWithAnyThreadCount) {
+  at::manual_seed(1);
+  auto x = at::randn({5, 333}), w = at::randn({4099, 333}), b = at::randn({4099});
+  const int before = at::get_num_threads();
+  at::set_num_threads(1);
+  auto one = skinny_linear(x, w, b);
+  at::set_num_threads(std::max(2, before));
+  auto many = skinny_linear(x, w, b);
+  at::set_num_threads(before);
+  EXPECT_TRUE(at::equal(one, many));  // rows of W are independent: the split cannot change a sum
+}
+
+TEST(SkinnyLinear, StridedInput) {
+  at::manual_seed(2);
+  auto x = at::randn({3, 40}).narrow(1, 3, 33), w = at::randn({70, 33});
+  EXPECT_TRUE(at::allclose(skinny_linear(x, w), at::linear(x, w), 1e-5, 1e-5));
+}
+
+TEST(SkinnyLinear, RejectsWhatItCannotRun) {
+  auto w = at::randn({16, 8});
+  EXPECT_THROW(skinny_linear(at::randn({2, 8}).to(at::kDouble), w.to(at::kDouble)), c10::Error);
+  EXPECT_THROW(skinny_linear(at::randn({2, 8}).to(at::kBFloat16), w), c10::Error);
+  EXPECT_THROW(skinny_linear(at::randn({2, 7}), w), c10::Error);
+  EXPECT_THROW(skinny_linear(at::randn({2, 16}), w.t()), c10::Error);  // not contiguous
+  EXPECT_THROW(skinny_linear(at::randn({2, 8}), w, at::randn({15})), c10::Error);
+}
+
+TEST(SkinnyLinear, DispatchOnlyWithoutAutogradAndFewRows) {
+  auto w = at::randn({64, 32}), x = at::randn({4, 32});
+  {
+    at::NoGradGuard no_grad;
+    if (!use_skinny_linear(x, w)) GTEST_SKIP() << "no AVX2+FMA: fast_linear always keeps at::linear";
+    const int64_t max_rows = skinny_linear_max_rows(at::kFloat);
+    EXPECT_FALSE(use_skinny_linear(at::randn({max_rows + 1, 32}), w));  // prefill / training batches
+    EXPECT_FALSE(use_skinny_linear(x, w.t().contiguous().t()));         // strided weight
+    EXPECT_FALSE(use_skinny_linear(x.to(at::kDouble), w.to(at::kDouble)));
+    EXPECT_FALSE(use_skinny_linear(x.to(at::kHalf), w.to(at::kHalf)));
+    EXPECT_FALSE(use_skinny_linear(x, w.to(at::kBFloat16)));
+    EXPECT_TRUE(use_skinny_linear(x.to(at::kBFloat16), w.to(at::kBFloat16)));
+    // bf16 at 8 rows: only a large W with short rows (where it measured faster).
+    auto x8 = at::randn({8, 768}).to(at::kBFloat16);
+    EXPECT_TRUE(use_skinny_linear(x8, at::empty({3072, 768}, at::kBFloat16)));
+    EXPECT_FALSE(use_skinny_linear(x8, at::empty({768, 768}, at::kBFloat16)));
+    EXPECT_TRUE(use_skinny_linear(x, w.clone().requires_grad_(true)));  // grad mode off: nothing recorded
+  }
+  // Grad mode on: the kernel only where no input needs a gradient.
+  EXPECT_TRUE(use_skinny_linear(x, w));
+  auto wg = w.clone().requires_grad_(true);
+  EXPECT_FALSE(use_skinny_linear(x, wg));
+  EXPECT_FALSE(use_skinny_linear(x.clone().requires_grad_(true), w));
+  EXPECT_FALSE(use_skinny_linear(x, w, at::zeros({64}).requires_grad_(true)));
+  // ...and then fast_linear is at::linear, backward included.
+  auto y = fast_linear(x, wg);
+  ASSERT_TRUE(y.requires_grad());
+  y.sum().backward();
+  EXPECT_TRUE(at::allclose(wg.grad(), x.sum(0).expand({64, 32})));
+}
+
+TEST(SkinnyLinear, LoraLinearForward) {
+  at::manual_seed(3);
+  LoraLinear layer(48, 300);
+  layer->bias.data().normal_();
+  LoraOptions options;
+  options.rank = 4;
+  layer->enable_lora(options);
+  layer->lora_left.data().normal_();  // a non-zero adapter, unfused: its term is added after the kernel
+  auto x = at::randn({2, 1, 48});
+  auto expected = at::linear(x, layer->weight, layer->bias) +
+                  at::matmul(at::matmul(x, layer->lora_right), layer->lora_left) * layer->lora_scale();
+  at::Tensor decoded;
+  {
+    at::NoGradGuard no_grad;
+    decoded = layer->forward(x);
+  }
+  EXPECT_FALSE(decoded.requires_grad());
+  EXPECT_TRUE(at::allclose(decoded, expected, 1e-4, 1e-4));
+  auto trained = layer->forward(x);  // grad mode: at::linear, differentiable
+  ASSERT_TRUE(trained.requires_grad());
+  EXPECT_TRUE(at::allclose(trained, expected, 1e-4, 1e-4));
+}

@@ -1,0 +1,82 @@
+// Decode-step linear: dschat::skinny_linear vs at::linear at skinny shapes (M rows of x, one per sequence), for
+// the OPT-125m LM head and block matrices, fp32 and bf16. Each timed call uses the next of several copies of W
+// (>= 256 MB in all), so W comes from DRAM as in a real decode step (a model's weights do not fit in cache).
+//
+//   bench_skinny_linear [--threads T] [--ms MILLISECONDS_PER_POINT] [--rows 1,2,4,8,12,16]
+//
+// Prints ms per call, W read rate (GB/s) and at::linear / skinny (> 1: the kernel is faster).
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "dschat/sdk/nn/skinny_linear.h"
+
+namespace {
+
+template <typename F>
+double best_ms(F&& f, double budget_ms) {
+  f();  // warm-up
+  std::vector<double> times;
+  double total = 0;
+  while (total < budget_ms || times.size() < 5) {
+    auto t0 = std::chrono::steady_clock::now();
+    f();
+    double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    times.push_back(ms);
+    total += ms;
+  }
+  std::sort(times.begin(), times.end());
+  return times[times.size() / 2];  // median: robust to a neighbour's burst
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  int threads = 2;
+  double budget = 300;
+  std::vector<int64_t> rows{1, 2, 4, 8, 12, 16};
+  for (int i = 1; i + 1 < argc; i += 2) {
+    std::string flag = argv[i], value = argv[i + 1];
+    if (flag == "--threads") threads = std::atoi(value.c_str());
+    else if (flag == "--ms") budget = std::atof(value.c_str());
+    else if (flag == "--rows") {
+      rows.clear();
+      std::stringstream ss(value);
+      for (std::string item; std::getline(ss, item, ',');) rows.push_back(std::atoll(item.c_str()));
+    } else {
+      std::fprintf(stderr, "unknown flag %s\n", flag.c_str());
+      return 2;
+    }
+  }
+  at::set_num_threads(threads);
+  at::NoGradGuard no_grad;
+  const std::vector<std::pair<int64_t, int64_t>> shapes{{50272, 768}, {3072, 768}, {768, 3072}, {768, 768}};
+  std::printf("threads %d\n%-14s %-5s %3s %10s %8s %10s %8s %7s\n", threads, "W [N,K]", "dtype", "M",
+              "linear ms", "GB/s", "skinny ms", "GB/s", "ratio");
+  for (auto dtype : {at::kFloat, at::kBFloat16}) {
+    for (auto [N, K] : shapes) {
+      const int64_t bytes = N * K * at::elementSize(dtype);
+      const int64_t copies = std::max<int64_t>(1, (int64_t{256} << 20) / bytes);
+      std::vector<at::Tensor> ws;
+      for (int64_t c = 0; c < copies; ++c) ws.push_back(at::randn({N, K}).to(dtype));
+      for (int64_t M : rows) {
+        auto x = at::randn({M, K}).to(dtype);
+        size_t i = 0, j = 0;
+        const double lin = best_ms([&] { at::linear(x, ws[i++ % ws.size()]); }, budget);
+        const double sk = best_ms([&] { dschat::skinny_linear(x, ws[j++ % ws.size()]); }, budget);
+        std::printf("[%5ld,%4ld]   %-5s %3ld %10.3f %8.1f %10.3f %8.1f %7.2f\n", static_cast<long>(N),
+                    static_cast<long>(K), dtype == at::kFloat ? "fp32" : "bf16", static_cast<long>(M), lin,
+                    bytes / lin / 1e6, sk, bytes / sk / 1e6, lin / sk);
+        std::fflush(stdout);
+      }
+    }
+  }
+  return 0;
+}
