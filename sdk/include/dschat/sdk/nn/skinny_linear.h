@@ -19,8 +19,7 @@ DSCHAT_SDK_API at::Tensor skinny_linear(const at::Tensor& x, const at::Tensor& w
                                         const at::Tensor& bias = at::Tensor());
 
 // Whether fast_linear would run skinny_linear for these arguments: CPU with AVX2+FMA, supported dtypes and
-// layout, no gradient needed, and a shape where it measured faster: rows <= skinny_linear_max_rows(dtype)
-// (bf16 past 4 rows only for a large W with K <= 1024).
+// layout, no gradient needed, fp32 (see skinny_linear.cpp for why not bf16) and rows <= skinny_linear_max_rows.
 DSCHAT_SDK_API bool use_skinny_linear(const at::Tensor& x, const at::Tensor& weight,
                                       const at::Tensor& bias = at::Tensor());
 DSCHAT_SDK_API int64_t skinny_linear_max_rows(at::ScalarType dtype);
