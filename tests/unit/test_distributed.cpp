@@ -227,8 +227,9 @@ TEST(TwoRanks, MemoryFallsStageByStage) {
   EXPECT_NEAR(z3.params, ddp.params / 2, ddp.params * 0.01);
 }
 
-TEST(TwoRanks, PpoIterationUnderZero3WithTheHybridEngine) {
-  auto file = write_pipeline("ppo-zero3", "plugin = \"zero\"\nstage = 3", 8, 1);
+// The SFT + RM pipeline above plus a two-step PPO stage (`extra`: more of its keys).
+static fs::path write_ppo_pipeline(const std::string& name, const std::string& strategy, const std::string& extra) {
+  auto file = write_pipeline(name, strategy, 8, 1);
   std::ofstream(file, std::ios::app) << R"(
 [[stage]]
 name = "rlhf"
@@ -240,8 +241,13 @@ per_device_generation_batch_size = 8
 per_device_training_batch_size = 8
 eval_prompts = 8
 generation = { plugin = "kv-cache", max_new_tokens = 16, do_sample = true }
-hooks = [{ plugin = "ema", beta = 0.992 }]
-)";
+)" << extra << "\n";
+  return file;
+}
+
+TEST(TwoRanks, PpoIterationUnderZero3WithTheHybridEngine) {
+  auto file = write_ppo_pipeline("ppo-zero3", "plugin = \"zero\"\nstage = 3",
+                                 "hooks = [{ plugin = \"ema\", beta = 0.992 }]");
   auto result = run_two_ranks(file);
   ASSERT_EQ(result.exit_code, 0) << result.output;
   const auto stage = out_root() / "ppo-zero3" / "rlhf";
@@ -256,20 +262,7 @@ hooks = [{ plugin = "ema", beta = 0.992 }]
 // The hybrid engine's TP rollouts: both ranks decode both ranks' prompts on their Megatron shards of the actor;
 // the consistency check compares each rank's rows with its (whole-model) training path.
 TEST(TwoRanks, PpoRolloutsWithTensorParallelGeneration) {
-  auto file = write_pipeline("ppo-tp", "plugin = \"zero\"\nstage = 2", 8, 1);
-  std::ofstream(file, std::ios::app) << R"(
-[[stage]]
-name = "rlhf"
-algorithm = "ppo"
-actor = "sft"
-critic = "rm"
-max_steps = 2
-per_device_generation_batch_size = 8
-per_device_training_batch_size = 8
-eval_prompts = 8
-generation_tensor_parallel = true
-generation = { plugin = "kv-cache", max_new_tokens = 16, do_sample = true }
-)";
+  auto file = write_ppo_pipeline("ppo-tp", "plugin = \"zero\"\nstage = 2", "generation_tensor_parallel = true");
   auto result = run_two_ranks(file);
   ASSERT_EQ(result.exit_code, 0) << result.output;
   auto diffs = metric(out_root() / "ppo-tp" / "rlhf", "consistency/max_abs_diff");
