@@ -150,7 +150,7 @@ bool run_pipeline(const Pipeline& pipeline, const PluginRegistry& registry) {
     auto marker = context.stage_dir() / "final" / kCompleteMarker;
     bool complete = std::filesystem::exists(marker);
     try {
-      complete = comm.max(complete ? 1.0 : 0.0) > 0.0;  // every rank takes rank 0's view (shared folder)
+      complete = comm.max(complete ? 1.0 : 0.0) > 0.0;  // all ranks decide alike (the run folder is shared)
     } catch (const std::exception& e) {
       std::cerr << fmt::format("error: stage {}: {}\n", stage.name, e.what());
       return false;
