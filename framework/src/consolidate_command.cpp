@@ -1,7 +1,6 @@
 // `dschat consolidate`: a sharded ddp / zero checkpoint (shard-R-of-N.safetensors + manifest.json) back into one
 // HF folder that transformers loads. The manifest gives every parameter's unit, offset and shape in the flat
 // layout, so the slices of any world size are put back together without the ranks that wrote them.
-#include <fstream>
 #include <iostream>
 #include <map>
 
@@ -25,19 +24,10 @@ namespace {
 
 constexpr const char* kSynopsis = "CHECKPOINT_DIR --like HF_DIR --out OUT_DIR [--dtype fp32|bf16]";
 
-nlohmann::json read_json(const fs::path& file) {
-  std::ifstream in(file);
-  if (!in) throw std::runtime_error(file.string() + ": cannot open (is this a ddp / zero checkpoint folder?)");
-  try {
-    return nlohmann::json::parse(in);
-  } catch (const std::exception& e) {
-    throw std::runtime_error(file.string() + ": " + e.what());
-  }
-}
-
 // Parameter name -> full fp32 tensor, from the slices of every shard.
 std::map<std::string, at::Tensor> consolidate(const fs::path& checkpoint) {
-  nlohmann::json manifest = read_json(checkpoint / "manifest.json");
+  nlohmann::json manifest =
+      read_json_object(checkpoint / "manifest.json", "(is this a ddp / zero checkpoint folder?)");
   const int partitions = manifest.at("partitions").get<int>();
   std::vector<std::shared_ptr<safetensors::File>> shards;
   for (int p = 0; p < partitions; ++p)

@@ -209,18 +209,22 @@ std::string hf_string(const nlohmann::json& config, const char* key, const std::
   return v.get<std::string>();
 }
 
-nlohmann::json read_hf_config(const fs::path& dir_or_file) {
-  const fs::path file = fs::is_directory(dir_or_file) ? dir_or_file / "config.json" : dir_or_file;
+nlohmann::json read_json_object(const fs::path& file, const std::string& what) {
   std::ifstream in(file);
-  if (!in) throw std::runtime_error(file.string() + ": cannot open the model's config.json");
-  nlohmann::json config;
+  if (!in) throw std::runtime_error(file.string() + ": cannot open " + what);
+  nlohmann::json value;
   try {
-    config = nlohmann::json::parse(in);
+    value = nlohmann::json::parse(in);
   } catch (const nlohmann::json::exception& e) {
     throw std::runtime_error(file.string() + ": invalid JSON: " + e.what());
   }
-  if (!config.is_object()) throw std::runtime_error(file.string() + ": must hold a JSON object");
-  return config;
+  if (!value.is_object()) throw std::runtime_error(file.string() + ": must hold a JSON object");
+  return value;
+}
+
+nlohmann::json read_hf_config(const fs::path& dir_or_file) {
+  const fs::path file = fs::is_directory(dir_or_file) ? dir_or_file / "config.json" : dir_or_file;
+  return read_json_object(file, "the model's config.json");
 }
 
 const ModelFamily& select_family(const nlohmann::json& hf_config,

@@ -321,8 +321,13 @@ TEST(TwoRanks, ShardedCheckpointLoadsIntoAnotherWorldSizeAndStage) {
 }
 
 // Starts 2 ranks by hand (as mpirun or srun would: only the variables), waits for the checkpoint at step 4, does
-// `signal_rank1` to rank 1 and times how long rank 0 takes to exit. Returns the script's output.
-static std::string interrupt_rank1(const std::string& name, const std::string& signal_rank1, double timeout_s) {
+// `signal_rank1` to rank 1 and times how long rank 0 takes to exit.
+struct Interrupted {
+  std::string output;     // the script's: "rank0_exit=<code> seconds=<s>"
+  std::string rank0;      // rank 0's log
+  double seconds = -1.0;  // from rank 1's signal to rank 0's exit
+};
+static Interrupted interrupt_rank1(const std::string& name, const std::string& signal_rank1, double timeout_s) {
   auto file = write_pipeline(name, "plugin = \"zero\"\nstage = 2", 4, 1, "checkpoint_interval = 4");
   const int port = 20000 + static_cast<int>((::getpid() * 7 + name.size()) % 20000);
   const auto dir = out_root() / name;
@@ -347,18 +352,20 @@ echo "rank0_exit=$rc seconds=$(( (end - start) / 1000000 ))e-3"
                                   fmt::arg("timeout", timeout_s));
   fs::create_directories(dir);
   std::ofstream(dir / "interrupt.sh") << script;
-  return run_command("bash " + (dir / "interrupt.sh").string()).output;
+  Interrupted result;
+  result.output = run_command("bash " + (dir / "interrupt.sh").string()).output;
+  std::ifstream log0(dir / "rank0.log");
+  result.rank0.assign(std::istreambuf_iterator<char>(log0), std::istreambuf_iterator<char>());
+  if (auto at = result.output.find("seconds="); at != std::string::npos)
+    result.seconds = std::stod(result.output.substr(at + 8));
+  return result;
 }
 
 // A rank that stops answering (SIGSTOP: alive, connections open) is noticed by the collective timeout.
 TEST(TwoRanks, AStoppedRankStopsThePeerAtTheTimeout) {
-  const std::string output = interrupt_rank1("stopped", "STOP", 8.0);
-  const auto dir = out_root() / "stopped";
-  std::ifstream log0(dir / "rank0.log");
-  std::string rank0((std::istreambuf_iterator<char>(log0)), std::istreambuf_iterator<char>());
+  const auto [output, rank0, seconds] = interrupt_rank1("stopped", "STOP", 8.0);
   ASSERT_NE(output.find("rank0_exit="), std::string::npos) << output;
   EXPECT_EQ(output.find("rank0_exit=0 "), std::string::npos) << output << rank0;
-  const double seconds = std::stod(output.substr(output.find("seconds=") + 8));
   EXPECT_LT(seconds, 8.0 + 10.0) << rank0;
   EXPECT_NE(rank0.find("rank 0/2"), std::string::npos) << rank0;
   std::cout << fmt::format("rank 0 exited {:.2f} s after rank 1 was stopped (timeout 8 s)\n", seconds);
@@ -367,13 +374,10 @@ TEST(TwoRanks, AStoppedRankStopsThePeerAtTheTimeout) {
 // Rank 1 is killed after the checkpoint at step 4: rank 0 must exit non-zero with a message within the timeout
 // (30 s here), and the checkpoint stays complete and loadable.
 TEST(TwoRanks, AKilledRankStopsThePeerWithinTheTimeout) {
-  const std::string output = interrupt_rank1("kill", "9", 30.0);
+  const auto [output, rank0, seconds] = interrupt_rank1("kill", "9", 30.0);
   const auto dir = out_root() / "kill";
-  std::ifstream log0(dir / "rank0.log");
-  std::string rank0((std::istreambuf_iterator<char>(log0)), std::istreambuf_iterator<char>());
   ASSERT_NE(output.find("rank0_exit="), std::string::npos) << output;
   EXPECT_EQ(output.find("rank0_exit=0 "), std::string::npos) << output << rank0;
-  const double seconds = std::stod(output.substr(output.find("seconds=") + 8));
   EXPECT_LT(seconds, 30.0 + 10.0) << rank0;
   EXPECT_NE(rank0.find("rank 0/2"), std::string::npos) << rank0;
   EXPECT_NE(rank0.find("died"), std::string::npos) << rank0;

@@ -535,31 +535,12 @@ void Ppo::run(StageContext& ctx) {
     if (comm.is_main()) {
       for (size_t i = 0; i < ctx.hooks().size(); ++i) ctx.hooks()[i]->save_state(dir / fmt::format("hook-{}", i));
       write_file_atomic(dir / "ppo.json", position.dump(2) + "\n");  // last: the checkpoint is complete
-      std::vector<std::pair<int64_t, fs::path>> complete;  // keep the two newest
-      std::error_code ec;
-      for (const auto& entry : fs::directory_iterator(checkpoints, ec)) {
-        const auto name = entry.path().filename().string();
-        if (name.rfind("step-", 0) == 0 && name.find('.') == std::string::npos && fs::exists(entry.path() / "ppo.json"))
-          complete.emplace_back(std::stoll(name.substr(5)), entry.path());
-      }
-      std::sort(complete.begin(), complete.end());
-      for (size_t i = 0; i + 2 < complete.size(); ++i) fs::remove_all(complete[i].second);
+      prune_checkpoints(ctx.stage_dir(), 2, "ppo.json");  // keep the two newest
     }
     comm.barrier();
   };
   int64_t start_epoch = 0, start_batch = 0;
-  std::optional<fs::path> resume_from;
-  {
-    int64_t newest = -1;
-    std::error_code ec;
-    for (const auto& entry : fs::directory_iterator(checkpoints, ec)) {
-      const auto name = entry.path().filename().string();
-      if (name.rfind("step-", 0) != 0 || name.find('.') != std::string::npos || !fs::exists(entry.path() / "ppo.json"))
-        continue;
-      const int64_t step = std::stoll(name.substr(5));
-      if (step > newest) newest = step, resume_from = entry.path();
-    }
-  }
+  const std::optional<fs::path> resume_from = latest_checkpoint(ctx.stage_dir(), "ppo.json");
   if (resume_from) {
     auto position = actor_engine->load_checkpoint(*resume_from / "actor");
     critic_engine->load_checkpoint(*resume_from / "critic");

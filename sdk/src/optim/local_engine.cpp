@@ -20,7 +20,6 @@
 #include <unistd.h>
 
 #include <cmath>
-#include <fstream>
 
 #include <fmt/format.h>
 
@@ -238,10 +237,7 @@ class LocalEngine : public Engine {
   }
 
   nlohmann::json load_checkpoint(const fs::path& dir) override {
-    const fs::path meta = dir / "engine.json";
-    std::ifstream in(meta);
-    if (!in) throw std::runtime_error(meta.string() + ": cannot open (not an engine checkpoint?)");
-    nlohmann::json state = nlohmann::json::parse(in);
+    nlohmann::json state = read_json_object(dir / "engine.json", "(not an engine checkpoint?)");
 
     at::NoGradGuard no_grad;
     auto weights = safetensors::File::open(dir / "model.safetensors");

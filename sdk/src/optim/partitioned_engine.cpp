@@ -16,7 +16,6 @@
 
 #include <cmath>
 #include <deque>
-#include <fstream>
 #include <iostream>
 #include <unordered_map>
 
@@ -339,10 +338,10 @@ class PartitionedEngine : public Engine {
   }
 
   nlohmann::json load_checkpoint(const fs::path& dir) override {
-    nlohmann::json state = read_json(dir / "engine.json");
+    nlohmann::json state = read_json_object(dir / "engine.json", "(not an engine checkpoint?)");
     TORCH_CHECK(state.value("format", "") == "dschat-partitioned-1", (dir / "engine.json").string(),
                 ": not a ddp / zero checkpoint (format '", state.value("format", "single-process"), "')");
-    nlohmann::json saved = read_json(dir / "manifest.json");
+    nlohmann::json saved = read_json_object(dir / "manifest.json", "the checkpoint's manifest");
     const int saved_partitions = saved.at("partitions").get<int>();
     const auto& saved_units = saved.at("units");
     TORCH_CHECK(saved_units.size() == units_.size(), (dir / "manifest.json").string(), ": ", saved_units.size(),
@@ -615,15 +614,6 @@ class PartitionedEngine : public Engine {
     }
     return {{"partitions", partitions_}, {"world_size", world_size_}, {"zero_stage", stage_},
             {"weights_dtype", dtype_label(weights_dtype_)}, {"units", units}};
-  }
-  static nlohmann::json read_json(const fs::path& file) {
-    std::ifstream in(file);
-    if (!in) throw std::runtime_error(file.string() + ": cannot open (not an engine checkpoint?)");
-    try {
-      return nlohmann::json::parse(in);
-    } catch (const std::exception& e) {
-      throw std::runtime_error(file.string() + ": " + e.what());
-    }
   }
   static at::Tensor generator_state() {
     auto gen = at::globalContext().defaultGenerator(at::kCPU);

@@ -49,21 +49,31 @@ int64_t total_optimizer_steps(const TrainOptions& options, int64_t num_examples)
   return total;
 }
 
-std::optional<fs::path> latest_checkpoint(const fs::path& stage_dir) {
-  std::optional<fs::path> best;
-  int64_t best_step = -1;
+std::vector<std::pair<int64_t, fs::path>> complete_checkpoints(const fs::path& stage_dir, const std::string& marker) {
+  std::vector<std::pair<int64_t, fs::path>> found;
   std::error_code ec;
   for (const auto& entry : fs::directory_iterator(stage_dir / "checkpoints", ec)) {
     const std::string name = entry.path().filename().string();
-    if (name.rfind("step-", 0) != 0 || name.find('.') != std::string::npos) continue;  // skip *.tmp-*, *.old-*
-    if (!fs::exists(entry.path() / "engine.json")) continue;
+    if (name.rfind("step-", 0) != 0 || name.find('.') != std::string::npos) continue;  // skip *.tmp*, *.old*
+    if (!fs::exists(entry.path() / marker)) continue;
     try {
-      int64_t step = std::stoll(name.substr(5));
-      if (step > best_step) best_step = step, best = entry.path();
+      found.emplace_back(std::stoll(name.substr(5)), entry.path());
     } catch (const std::exception&) {
     }
   }
-  return best;
+  std::sort(found.begin(), found.end());
+  return found;
+}
+
+std::optional<fs::path> latest_checkpoint(const fs::path& stage_dir, const std::string& marker) {
+  auto found = complete_checkpoints(stage_dir, marker);
+  if (found.empty()) return std::nullopt;
+  return found.back().second;
+}
+
+void prune_checkpoints(const fs::path& stage_dir, size_t keep, const std::string& marker) {
+  auto found = complete_checkpoints(stage_dir, marker);
+  for (size_t i = 0; i + keep < found.size(); ++i) fs::remove_all(found[i].second);
 }
 
 int64_t trim_right_padding(at::Tensor& attention_mask, std::vector<at::Tensor*> others) {
@@ -166,17 +176,7 @@ void run_train_loop(StageContext& context, Engine& engine, const TrainOptions& o
       if (options.checkpoint_interval > 0 && s % options.checkpoint_interval == 0) {
         nlohmann::json client = {{"epoch", epoch_end ? epoch + 1 : epoch}, {"next_batch", epoch_end ? 0 : b + 1}};
         engine.save_checkpoint(checkpoints / fmt::format("step-{}", s), client);
-        if (comm.is_main()) {  // keep the two newest
-          std::vector<std::pair<int64_t, fs::path>> found;
-          std::error_code ec;
-          for (const auto& e : fs::directory_iterator(checkpoints, ec)) {
-            auto name = e.path().filename().string();
-            if (name.rfind("step-", 0) == 0 && name.find('.') == std::string::npos)
-              found.emplace_back(std::stoll(name.substr(5)), e.path());
-          }
-          std::sort(found.begin(), found.end());
-          for (size_t i = 0; i + 2 < found.size(); ++i) fs::remove_all(found[i].second);
-        }
+        if (comm.is_main()) prune_checkpoints(context.stage_dir(), 2);  // keep the two newest
       }
     }
   }

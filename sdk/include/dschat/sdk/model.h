@@ -172,6 +172,9 @@ DSCHAT_SDK_API std::vector<std::pair<std::string, TensorSplit>> tensor_parallel_
 DSCHAT_SDK_API const ModelFamily& select_family(const nlohmann::json& hf_config,
                                                 const std::vector<std::shared_ptr<ModelFamily>>& families);
 
+// Reads a JSON object from `file`; errors name the file and `what` it should be ("the model's config.json").
+DSCHAT_SDK_API nlohmann::json read_json_object(const std::filesystem::path& file, const std::string& what);
+
 // Reads a config.json (errors name the file).
 DSCHAT_SDK_API nlohmann::json read_hf_config(const std::filesystem::path& dir_or_file);
 

@@ -39,8 +39,15 @@ DSCHAT_SDK_API int64_t total_optimizer_steps(const TrainOptions& options, int64_
 // figures as metrics memory[/label]/rankR/*_bytes (collective: every rank calls it).
 DSCHAT_SDK_API void report_memory(StageContext& context, const Engine& engine, const std::string& label);
 
-// The latest stage_dir/checkpoints/step-N folder, if any.
-DSCHAT_SDK_API std::optional<std::filesystem::path> latest_checkpoint(const std::filesystem::path& stage_dir);
+// The complete stage_dir/checkpoints/step-N folders (those holding `marker`, the file written last), oldest first.
+DSCHAT_SDK_API std::vector<std::pair<int64_t, std::filesystem::path>> complete_checkpoints(
+    const std::filesystem::path& stage_dir, const std::string& marker = "engine.json");
+// The newest of them, if any.
+DSCHAT_SDK_API std::optional<std::filesystem::path> latest_checkpoint(const std::filesystem::path& stage_dir,
+                                                                      const std::string& marker = "engine.json");
+// Removes all but the `keep` newest of them.
+DSCHAT_SDK_API void prune_checkpoints(const std::filesystem::path& stage_dir, size_t keep,
+                                      const std::string& marker = "engine.json");
 
 struct TrainLoopCallbacks {
   // Forward + engine.backward on one micro-batch; returns the (unscaled) loss value and the tokens it covered.
