@@ -192,6 +192,30 @@ TEST(Ppo, ResumesFromItsCheckpointExactly) {
   }
 }
 
+// The first micro-batch after a rollout trains through its experience forwards (reuse_experience_forwards, the
+// default) instead of running them again as DeepSpeed-Chat does: the same losses either way. Two micro-batches
+// of 8 per rollout of 16: the first reuses, the second (after an actor step) runs its own forwards.
+TEST(Ppo, ReusedExperienceForwardsGiveTheSameLosses) {
+  std::vector<double> losses[2][2];  // [reuse][actor, critic]
+  for (const bool reuse : {true, false}) {
+    const fs::path root = fresh_dir(reuse ? "ppo-reuse" : "ppo-no-reuse");
+    auto file = write_pipeline(root, std::string("max_steps = 2\nreuse_experience_forwards = ") +
+                                         (reuse ? "true" : "false") + "\n");
+    ASSERT_TRUE(run_pipeline(load_pipeline(file, {"stage.rlhf.per_device_training_batch_size=8"}, registry()),
+                             registry()));
+    auto rows = read_metrics(root / "run" / "rlhf");
+    losses[reuse][0] = values_of(rows, "actor/loss");
+    losses[reuse][1] = values_of(rows, "critic/loss");
+  }
+  for (int which = 0; which < 2; ++which) {
+    ASSERT_EQ(losses[1][which].size(), 1u);  // one rollout, two steps
+    ASSERT_EQ(losses[0][which].size(), 1u);
+    EXPECT_NEAR(losses[1][which][0], losses[0][which][0], 1e-5 * (1.0 + std::abs(losses[0][which][0])))
+        << (which == 0 ? "actor" : "critic");
+    EXPECT_NE(losses[1][which][0], 0.0);
+  }
+}
+
 TEST(Ppo, CorruptedGenerationLogprobsStopTheRun) {
   const fs::path root = fresh_dir("ppo-corrupt");
   auto file = write_pipeline(root, "max_steps = 3\ndebug_corrupt_generation_logprobs = 0.25\n");

@@ -14,6 +14,11 @@
 // micro-batches, each an actor step (then a PTX step when enabled), the hooks' after_optimizer_step, and a critic
 // step; the math is dschat/sdk/ppo_math.h.
 //
+// One forward fewer per model than DeepSpeed-Chat: the first micro-batch after a rollout trains on the weights the
+// rollout was made with, so its actor and critic training forwards equal the experience forwards of its rows.
+// Those rows' experience forwards record autograd and the training step runs only their backward (same values,
+// ratio exactly 1 as in DeepSpeed-Chat; with the default generation batch = training batch, every micro-batch).
+//
 // Eval (at the start, every eval_interval rollouts, at the end): greedy answers to the held-out PPO prompts, their
 // mean reward-model score (eval/reward) and the mean per-sequence KL to the reference (eval/kl). At the end the
 // EMA written by the `ema` hook is evaluated the same way (eval/ema_reward, eval/ema_kl).
@@ -38,6 +43,8 @@
 //   position); an interrupted stage resumes from the newest complete one
 //   generation_tensor_parallel false -- the hybrid engine's TP rollouts: every rank holds a Megatron shard of
 //   the actor (all ranks form one TP group), the ranks' prompts are generated together and each keeps its rows
+//   reuse_experience_forwards true -- the first micro-batch's training forwards are its experience forwards (see
+//   above); false runs them twice, as DeepSpeed-Chat does, and frees the experience activations sooner
 //   debug_corrupt_generation_logprobs 0 -- a test hook: added to the generation log-probs before the
 //   consistency check, so tests can prove that the check stops a run.
 // The stage must set `generation = { plugin = ... }`: a plugin cannot create another plugin, so there is no
@@ -58,6 +65,7 @@
 #include <fstream>
 #include <iostream>
 #include <optional>
+#include <utility>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -109,6 +117,7 @@ struct PpoOptions {
   bool trim_prompt_padding = true;
   bool save_critic = true;
   bool generation_tensor_parallel = false;
+  bool reuse_experience_forwards = true;
   int64_t checkpoint_interval = 0;  // rollouts between checkpoints (taken after a training flush); 0: none
   double debug_corrupt_generation_logprobs = 0.0;
 };
@@ -158,6 +167,7 @@ PpoOptions read_options(const ConfigTable& t) {
   o.trim_prompt_padding = t.get_bool("trim_prompt_padding", true);
   o.save_critic = t.get_bool("save_critic", true);
   o.generation_tensor_parallel = t.get_bool("generation_tensor_parallel", false);
+  o.reuse_experience_forwards = t.get_bool("reuse_experience_forwards", true);
   // Test hook: added to the generation log-probs before the consistency check, to prove the check trips.
   o.debug_corrupt_generation_logprobs = t.get_float("debug_corrupt_generation_logprobs", 0.0);
   return o;
@@ -169,6 +179,10 @@ struct Experience {
   at::Tensor old_logprobs, ref_logprobs, values;  // [B, L - 1]
   at::Tensor score;                 // [B]
   int64_t prompt_length = 0;        // P
+  // The first training micro-batch's actor log-probs [b, L - P] and critic values [b, L - 1], still recording
+  // autograd: that micro-batch trains on the weights the rollout was made with, so its training forwards are these
+  // experience forwards and the step only runs their backward. Undefined when not applicable or already used.
+  at::Tensor first_micro_logprobs, first_micro_values;
 };
 
 using ppo_rollout::experience_mask;
@@ -386,7 +400,8 @@ void Ppo::run(StageContext& ctx) {
   // ---- experience ----
   std::optional<Experience> last_valid;
   int64_t rollout = 0;
-  auto make_experience = [&](const std::vector<int64_t>& indices, double& gen_s, double& exp_s)
+  // first_of_flush: no optimizer step happens between this rollout and the training of its first micro-batch.
+  auto make_experience = [&](const std::vector<int64_t>& indices, bool first_of_flush, double& gen_s, double& exp_s)
       -> std::optional<Experience> {
     PromptBatch batch = prompts_of(train, indices);
     SamplingOptions options = sampling;
@@ -433,17 +448,40 @@ void Ppo::run(StageContext& ctx) {
     e.prompt_length = P;
     e.seq = out.sequences.index_select(0, keep);
     e.attention_mask = experience_mask(e.seq, pad_id);
+    // DeepSpeed-Chat computes the old log-probs and values in train mode (its scripts set dropout 0), as training
+    // does, so the first micro-batch's forwards can serve both.
+    actor_engine->train(true);
+    critic_engine->train(true);
+    auto actor_logprobs = [&](int64_t r0, int64_t r1) {  // [r1 - r0, L - P], answer positions only
+      auto seq = e.seq.slice(0, r0, r1);
+      auto logits = actor_engine->forward(seq, e.attention_mask.slice(0, r0, r1), false, true, P - 1).logits;
+      return ppo::logprobs_from_logits(logits.slice(1, 0, -1), seq.slice(1, P)).to(at::kFloat);
+    };
+    auto critic_values = [&](int64_t r0, int64_t r1) {  // [r1 - r0, L - 1]
+      auto hidden =
+          critic_engine->forward(e.seq.slice(0, r0, r1), e.attention_mask.slice(0, r0, r1), true, false).hidden;
+      return critic->values_from_hidden(hidden).slice(1, 0, -1).to(at::kFloat);
+    };
+    const int64_t B = e.seq.size(0);
+    const int64_t recorded =
+        first_of_flush && o_.reuse_experience_forwards ? std::min(B, o_.training_batch_size) : 0;
+    if (recorded > 0) {
+      e.first_micro_logprobs = actor_logprobs(0, recorded);
+      e.first_micro_values = critic_values(0, recorded);
+    }
     at::NoGradGuard no_grad;
-    actor_engine->train(true);  // DeepSpeed-Chat computes the old log-probs in train mode (its scripts set dropout 0)
-    auto old_logits = actor_engine->forward(e.seq, e.attention_mask, false, true, P - 1).logits;
-    e.old_logprobs = pad_front(
-        ppo::logprobs_from_logits(old_logits.slice(1, 0, -1), e.seq.slice(1, P)).to(at::kFloat), P - 1);
+    auto with_recorded = [&](const at::Tensor& first, auto&& compute) {
+      if (recorded == B) return first.detach();
+      auto rest = compute(recorded, B);
+      return recorded == 0 ? rest : at::cat({first.detach(), rest}, 0);
+    };
+    e.old_logprobs = pad_front(with_recorded(e.first_micro_logprobs, actor_logprobs), P - 1);
+    e.values = with_recorded(e.first_micro_values, critic_values);
     e.ref_logprobs = answer_logprobs(*reference, e.seq, e.attention_mask, P - 1);
     e.score = ppo_rollout::rollout_scores(*reward, e.seq, pad_id, P).to(at::kFloat);
-    auto hidden = critic_engine->forward(e.seq, e.attention_mask, /*return_hidden=*/true, false).hidden;
-    e.values = critic->values_from_hidden(hidden).slice(1, 0, -1).to(at::kFloat);
     exp_s = seconds_since(t0);
     last_valid = e;
+    last_valid->first_micro_logprobs = last_valid->first_micro_values = at::Tensor();  // a reuse trains afresh
     return e;
   };
 
@@ -471,12 +509,12 @@ void Ppo::run(StageContext& ctx) {
     return loss.item<double>();
   };
   struct TrainStats { double actor_loss = 0, critic_loss = 0, ptx_loss = 0; int64_t micro = 0, rows = 0; };
-  auto train_on = [&](const std::vector<Experience>& buffer) {
+  auto train_on = [&](std::vector<Experience>& buffer) {
     TrainStats s;
     actor_engine->train(true);
     critic_engine->train(true);
     for (int64_t ep = 0; ep < o_.ppo_epochs && !stop; ++ep) {
-      for (const auto& e : buffer) {
+      for (auto& e : buffer) {
         const int64_t B = e.seq.size(0), start = e.prompt_length - 1;
         // Every rank takes as many micro-batches as the rank with the most rows (a rank with fewer rows after
         // dropping short answers wraps around), so that the collectives line up.
@@ -499,16 +537,27 @@ void Ppo::run(StageContext& ctx) {
             returns = ar.returns;
           }
           auto m = action_mask.slice(1, start).to(at::kFloat);
+          // The experience forwards recorded for this micro-batch (the first, on unchanged weights), used once.
+          const bool recorded = k == 0 && e.first_micro_logprobs.defined();
+          at::Tensor logp, values;
+          if (recorded) {
+            logp = std::exchange(e.first_micro_logprobs, at::Tensor());
+            values = std::exchange(e.first_micro_values, at::Tensor());
+          }
           // actor
-          auto logits = actor_engine->forward(seq, mask, false, true, start).logits;  // answer positions only
-          auto logp = ppo::logprobs_from_logits(logits.slice(1, 0, -1), seq.slice(1, start + 1)).to(at::kFloat);
+          if (!recorded) {
+            auto logits = actor_engine->forward(seq, mask, false, true, start).logits;  // answer positions only
+            logp = ppo::logprobs_from_logits(logits.slice(1, 0, -1), seq.slice(1, start + 1)).to(at::kFloat);
+          }
           auto a_loss = ppo::actor_loss(logp, old_logp.slice(1, start), advantages, m, o_.ppo);
           actor_engine->backward(a_loss);
           after_actor_step(actor_engine->step());
           if (o_.enable_ptx) s.ptx_loss += ptx_step();
           // critic
-          auto hidden = critic_engine->forward(seq, mask, /*return_hidden=*/true, false).hidden;
-          auto values = critic->values_from_hidden(hidden).slice(1, 0, -1).to(at::kFloat);
+          if (!recorded) {
+            auto hidden = critic_engine->forward(seq, mask, /*return_hidden=*/true, false).hidden;
+            values = critic->values_from_hidden(hidden).slice(1, 0, -1).to(at::kFloat);
+          }
           auto c_loss = ppo::critic_loss(values.slice(1, start), old_values.slice(1, start), returns, m, o_.ppo);
           critic_engine->backward(c_loss);
           critic_engine->step();
@@ -607,7 +656,7 @@ void Ppo::run(StageContext& ctx) {
       if (stop) break;
       const auto& indices = batches[b];
       double gen_s = 0, exp_s = 0;
-      auto e = make_experience(indices, gen_s, exp_s);
+      auto e = make_experience(indices, buffer.empty(), gen_s, exp_s);
       ++rollout;
       if (!e) continue;
       {
