@@ -107,7 +107,9 @@ TEST(SkinnyLinear, DispatchOnlyWithoutAutogradAndFewRows) {
     EXPECT_FALSE(use_skinny_linear(x.to(at::kDouble), w.to(at::kDouble)));
     EXPECT_FALSE(use_skinny_linear(x.to(at::kHalf), w.to(at::kHalf)));
     EXPECT_FALSE(use_skinny_linear(x, w.to(at::kBFloat16)));
-    EXPECT_FALSE(use_skinny_linear(x.to(at::kBFloat16), w.to(at::kBFloat16)));  // no end-to-end gain in bf16
+    // bf16: only where LibTorch's bf16 GEMM is its generic fallback (no oneDNN bf16 kernels on this CPU).
+    EXPECT_EQ(use_skinny_linear(x.to(at::kBFloat16), w.to(at::kBFloat16)),
+              skinny_linear_max_rows(at::kBFloat16) >= 4);
     EXPECT_TRUE(use_skinny_linear(x, w.clone().requires_grad_(true)));  // grad mode off: nothing recorded
   }
   // Grad mode on: the kernel only where no input needs a gradient.
@@ -121,6 +123,28 @@ TEST(SkinnyLinear, DispatchOnlyWithoutAutogradAndFewRows) {
   ASSERT_TRUE(y.requires_grad());
   y.sum().backward();
   EXPECT_TRUE(at::allclose(wg.grad(), x.sum(0).expand({64, 32})));
+}
+
+// Where LibTorch's bf16 GEMM is the generic fallback, bf16 linears without autograd run as fp32 GEMMs on upcast
+// operands: the bf16 GEMM's result (exact products, fp32 sums) rounded once, whatever the row count.
+TEST(SkinnyLinear, Bf16UpcastGemmWithoutAutograd) {
+  at::manual_seed(5);
+  auto w = at::randn({96, 80}).to(at::kBFloat16), b = at::randn({96}).to(at::kBFloat16);
+  auto x = at::randn({3, 40, 80}).to(at::kBFloat16);  // 120 rows: past the decode kernel
+  auto exact = at::linear(x.to(at::kDouble), w.to(at::kDouble), b.to(at::kDouble));
+  at::NoGradGuard no_grad;
+  if (!use_upcast_linear(x, w, b)) GTEST_SKIP() << "this CPU has oneDNN's bf16 GEMM: bf16 stays on at::linear";
+  EXPECT_FALSE(use_upcast_linear(x.to(at::kFloat), w.to(at::kFloat), b.to(at::kFloat)));
+  auto y = fast_linear(x, w, b);
+  ASSERT_EQ(y.scalar_type(), at::kBFloat16);
+  ASSERT_EQ(y.sizes(), exact.sizes());
+  // Within half a bf16 ulp (2^-8 relative) of the exact value, plus fp32 summation error.
+  auto err = (y.to(at::kDouble) - exact).abs();
+  EXPECT_TRUE((err <= exact.abs() * (1.0 / 256) + 1e-4).all().item<bool>()) << err.max().item<double>();
+  {
+    at::AutoGradMode grad(true);
+    EXPECT_FALSE(use_upcast_linear(x, w.clone().requires_grad_(true), b));  // training keeps at::linear
+  }
 }
 
 TEST(SkinnyLinear, LoraLinearForward) {

@@ -2,9 +2,11 @@
 // the OPT-125m LM head and block matrices, fp32 and bf16. Each timed call uses the next of several copies of W
 // (>= 256 MB in all), so W comes from DRAM as in a real decode step (a model's weights do not fit in cache).
 //
-//   bench_skinny_linear [--threads T] [--ms MILLISECONDS_PER_POINT] [--rows 1,2,4,8,12,16]
+//   bench_skinny_linear [--threads T] [--ms MILLISECONDS_PER_POINT] [--rows 1,2,4,8,12,16] [--dtypes fp32,bf16]
 //
-// Prints ms per call, W read rate (GB/s) and at::linear / skinny (> 1: the kernel is faster).
+// Prints ms per call, W read rate (GB/s) and at::linear / skinny (> 1: the kernel is faster). For bf16 also the
+// upcast GEMM (fp32 at::linear on upcast operands, W's conversion included: fast_linear's bf16 path past the
+// kernel's rows on CPUs without oneDNN bf16 kernels) and at::linear / upcast.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
@@ -42,10 +44,12 @@ int main(int argc, char** argv) {
   int threads = 2;
   double budget = 300;
   std::vector<int64_t> rows{1, 2, 4, 8, 12, 16};
+  std::string dtypes = "fp32,bf16";
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string flag = argv[i], value = argv[i + 1];
     if (flag == "--threads") threads = std::atoi(value.c_str());
     else if (flag == "--ms") budget = std::atof(value.c_str());
+    else if (flag == "--dtypes") dtypes = value;
     else if (flag == "--rows") {
       rows.clear();
       std::stringstream ss(value);
@@ -58,9 +62,10 @@ int main(int argc, char** argv) {
   at::set_num_threads(threads);
   at::NoGradGuard no_grad;
   const std::vector<std::pair<int64_t, int64_t>> shapes{{50272, 768}, {3072, 768}, {768, 3072}, {768, 768}};
-  std::printf("threads %d\n%-14s %-5s %3s %10s %8s %10s %8s %7s\n", threads, "W [N,K]", "dtype", "M",
-              "linear ms", "GB/s", "skinny ms", "GB/s", "ratio");
+  std::printf("threads %d\n%-14s %-5s %3s %10s %8s %10s %8s %7s %10s %7s\n", threads, "W [N,K]", "dtype", "M",
+              "linear ms", "GB/s", "skinny ms", "GB/s", "ratio", "upcast ms", "ratio");
   for (auto dtype : {at::kFloat, at::kBFloat16}) {
+    if (dtypes.find(dtype == at::kFloat ? "fp32" : "bf16") == std::string::npos) continue;
     for (auto [N, K] : shapes) {
       const int64_t bytes = N * K * at::elementSize(dtype);
       const int64_t copies = std::max<int64_t>(1, (int64_t{256} << 20) / bytes);
@@ -71,9 +76,14 @@ int main(int argc, char** argv) {
         size_t i = 0, j = 0;
         const double lin = best_ms([&] { at::linear(x, ws[i++ % ws.size()]); }, budget);
         const double sk = best_ms([&] { dschat::skinny_linear(x, ws[j++ % ws.size()]); }, budget);
-        std::printf("[%5ld,%4ld]   %-5s %3ld %10.3f %8.1f %10.3f %8.1f %7.2f\n", static_cast<long>(N),
+        double up = 0;
+        if (dtype == at::kBFloat16) {
+          size_t k = 0;
+          up = best_ms([&] { at::linear(x.to(at::kFloat), ws[k++ % ws.size()].to(at::kFloat)).to(dtype); }, budget);
+        }
+        std::printf("[%5ld,%4ld]   %-5s %3ld %10.3f %8.1f %10.3f %8.1f %7.2f %10.3f %7.2f\n", static_cast<long>(N),
                     static_cast<long>(K), dtype == at::kFloat ? "fp32" : "bf16", static_cast<long>(M), lin,
-                    bytes / lin / 1e6, sk, bytes / sk / 1e6, lin / sk);
+                    bytes / lin / 1e6, sk, bytes / sk / 1e6, lin / sk, up, up > 0 ? lin / up : 0.0);
         std::fflush(stdout);
       }
     }

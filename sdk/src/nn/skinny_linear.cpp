@@ -186,16 +186,33 @@ void run(const float* x, const T* w, const T* bias, T* y, int64_t M, int64_t K, 
 
 // Where the kernel beats at::linear, measured on a 2-thread AMD EPYC (Zen 4) with W streamed from DRAM
 // (tools/bench/bench_skinny_linear.cpp, OPT-125m's LM head [50272, 768] and block [3072, 768], [768, 3072],
-// [768, 768]). fp32: 1.9-4.8x up to 8 rows, 1.3-2.7x at 12, 0.98-2.4x at 16. bf16 converts each weight
-// before its FMAs, so it turns compute-bound sooner: 1.0-2.2x up to 4 rows everywhere; at 8 rows 1.2-1.5x where
-// the fp32 x rows fit in L1 (K <= 1024) and W is large, 0.4-0.8x otherwise ([768, 3072], [768, 768]).
+// [768, 768]). fp32: 1.9-4.8x up to 8 rows, 1.3-2.7x at 12, 0.98-2.4x at 16.
 constexpr int64_t kMaxRowsFloat = 12;
+// bf16 where LibTorch's bf16 GEMM is its generic fallback (torch_has_fast_bf16 false), measured on a 2-thread
+// AMD EPYC (Zen 3, AVX2): the kernel is 2.4-6.7x at::linear at every row count up to 128, and faster than the
+// upcast GEMM (fast_linear's other bf16 path) up to 32 rows for every shape ([768, 3072] at 32: 2.6 vs 2.4 ms);
+// at 48 rows the upcast GEMM wins on the block matrices (2.7 vs 4.0 ms), not yet on the LM head.
+constexpr int64_t kMaxRowsBf16 = 32;
 
-// fast_linear uses the kernel for fp32 only. For bf16 the kernel-level gains above did not show end to end
-// (bench_generate, batch 8: 1.23x -> 1.28x HF, inside the run-to-run noise; a bf16 decode step spends most of
-// its time outside the matmuls), while its different summation order moved bf16 greedy tokens off
-// transformers' (93.4% agreement instead of 100%). skinny_linear itself still takes bf16.
-bool worth_it(at::ScalarType dtype, int64_t M) { return dtype == at::kFloat && M <= kMaxRowsFloat; }
+// LibTorch's CPU bf16 GEMM is oneDNN's where oneDNN has bf16 kernels (AVX-512 BW/VL/DQ, AMX, AVX2-VNNI-2);
+// elsewhere ATen runs a generic loop, ~7x slower than fp32 sgemm (Zen 3, 2 threads: 5 vs 40 GFLOP/s).
+bool torch_has_fast_bf16() {
+#if defined(__x86_64__) && defined(__GNUC__)
+  static const bool yes = (__builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+                           __builtin_cpu_supports("avx512dq"));
+  return yes;
+#else
+  return true;  // not x86: leave bf16 to LibTorch
+#endif
+}
+
+// Where oneDNN has bf16 kernels, fast_linear leaves bf16 to it: the kernel's gains there did not show end to end
+// (bench_generate, Zen 4, batch 8: 1.23x -> 1.28x HF, inside the run-to-run noise) and its different summation
+// order moved bf16 greedy tokens off transformers' (93.4% agreement instead of 100%).
+bool worth_it(at::ScalarType dtype, int64_t M) {
+  if (dtype == at::kFloat) return M <= kMaxRowsFloat;
+  return dtype == at::kBFloat16 && !torch_has_fast_bf16() && M <= kMaxRowsBf16;
+}
 
 // The AVX2 bf16 loop's order of x (dot_avx2): per full block of 16, even elements then odd; the tail as is.
 at::Tensor bf16_x_layout(const at::Tensor& xf) {
@@ -241,7 +258,17 @@ at::Tensor skinny_linear(const at::Tensor& x, const at::Tensor& weight, const at
   return y;
 }
 
-int64_t skinny_linear_max_rows(at::ScalarType dtype) { return dtype == at::kFloat ? kMaxRowsFloat : 0; }
+int64_t skinny_linear_max_rows(at::ScalarType dtype) {
+  if (dtype == at::kFloat) return kMaxRowsFloat;
+  return dtype == at::kBFloat16 && !torch_has_fast_bf16() ? kMaxRowsBf16 : 0;
+}
+
+namespace {
+bool needs_grad(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
+  return at::GradMode::is_enabled() &&
+         (x.requires_grad() || weight.requires_grad() || (bias.defined() && bias.requires_grad()));
+}
+}  // namespace
 
 bool use_skinny_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
   if (!has_avx2() || !x.defined() || !weight.defined()) return false;
@@ -255,15 +282,26 @@ bool use_skinny_linear(const at::Tensor& x, const at::Tensor& weight, const at::
   if (bias.defined() && (!bias.device().is_cpu() || bias.scalar_type() != dtype || bias.dim() != 1 ||
                          bias.size(0) != weight.size(0)))
     return false;
-  // The kernel has no backward: only where autograd would not record the op.
-  if (at::GradMode::is_enabled() &&
-      (x.requires_grad() || weight.requires_grad() || (bias.defined() && bias.requires_grad())))
-    return false;
-  return true;
+  return !needs_grad(x, weight, bias);  // the kernel has no backward
+}
+
+bool use_upcast_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
+  if (!x.defined() || !weight.defined() || torch_has_fast_bf16()) return false;
+  if (!x.device().is_cpu() || !weight.device().is_cpu()) return false;
+  if (x.scalar_type() != at::kBFloat16 || weight.scalar_type() != at::kBFloat16) return false;
+  if (bias.defined() && (bias.scalar_type() != at::kBFloat16 || !bias.device().is_cpu())) return false;
+  return !needs_grad(x, weight, bias);
 }
 
 at::Tensor fast_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
-  return use_skinny_linear(x, weight, bias) ? skinny_linear(x, weight, bias) : at::linear(x, weight, bias);
+  if (use_skinny_linear(x, weight, bias)) return skinny_linear(x, weight, bias);
+  if (use_upcast_linear(x, weight, bias)) {
+    // The bf16 GEMM as oneDNN computes it (exact bf16 products, fp32 sums, output rounded once to bf16), on
+    // sgemm: upcasting W costs one pass over it, small next to the M x N x K product at these row counts.
+    auto up = [](const at::Tensor& t) { return t.defined() ? t.to(at::kFloat) : t; };
+    return at::linear(up(x), up(weight), up(bias)).to(at::kBFloat16);
+  }
+  return at::linear(x, weight, bias);
 }
 
 }  // namespace dschat

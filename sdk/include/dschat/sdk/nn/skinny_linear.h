@@ -19,12 +19,19 @@ DSCHAT_SDK_API at::Tensor skinny_linear(const at::Tensor& x, const at::Tensor& w
                                         const at::Tensor& bias = at::Tensor());
 
 // Whether fast_linear would run skinny_linear for these arguments: CPU with AVX2+FMA, supported dtypes and
-// layout, no gradient needed, fp32 (see skinny_linear.cpp for why not bf16) and rows <= skinny_linear_max_rows.
+// layout, no gradient needed and rows <= skinny_linear_max_rows (0 for bf16 where LibTorch has oneDNN's bf16
+// GEMM: see skinny_linear.cpp).
 DSCHAT_SDK_API bool use_skinny_linear(const at::Tensor& x, const at::Tensor& weight,
                                       const at::Tensor& bias = at::Tensor());
 DSCHAT_SDK_API int64_t skinny_linear_max_rows(at::ScalarType dtype);
 
-// at::linear, or skinny_linear where use_skinny_linear says so. Layers call this instead of at::linear.
+// Whether fast_linear would run a bf16 linear as an fp32 GEMM on upcast operands: bf16 CPU tensors, no gradient
+// needed, on a CPU where LibTorch's bf16 GEMM is its generic fallback (no oneDNN bf16 kernels: no AVX-512).
+DSCHAT_SDK_API bool use_upcast_linear(const at::Tensor& x, const at::Tensor& weight,
+                                      const at::Tensor& bias = at::Tensor());
+
+// skinny_linear where use_skinny_linear says so, else the upcast GEMM where use_upcast_linear says so, else
+// at::linear. Layers call this instead of at::linear.
 DSCHAT_SDK_API at::Tensor fast_linear(const at::Tensor& x, const at::Tensor& weight,
                                       const at::Tensor& bias = at::Tensor());
 
