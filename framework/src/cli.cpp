@@ -11,6 +11,7 @@
 #include "dschat/framework/pipeline.h"
 #include "dschat/framework/registry.h"
 #include "dschat/framework/runner.h"
+#include "dschat/sdk/cpu_allocator.h"
 #include "dschat/sdk/device.h"
 #include "dschat/sdk/distributed.h"
 
@@ -175,6 +176,7 @@ int cli_main(int argc, char** argv) {
   const std::string command = args.front();
   std::vector<std::string> rest(args.begin() + 1, args.end());
   try {
+    install_cpu_allocator_from_environment();  // before any tensor: see dschat/sdk/cpu_allocator.h
     if (command == "--help" || command == "-h" || command == "help") {
       std::cout << kTopUsage;
       return kExitOk;

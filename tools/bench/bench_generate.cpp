@@ -16,6 +16,7 @@
 #include <nlohmann/json.hpp>
 
 #include "dschat/sdk/config_document.h"
+#include "dschat/sdk/cpu_allocator.h"
 #include "dschat/sdk/generation.h"
 #include "dschat/sdk/model.h"
 #include "dschat/sdk/plugin.h"
@@ -51,6 +52,7 @@ int main(int argc, char** argv) try {
   const std::string dtype_name = argv[5];
   const int iterations = std::stoi(argv[6]);
   at::set_num_threads(std::stoi(argv[7]));
+  dschat::install_cpu_allocator_from_environment();  // as the dschat host does
   auto document = ConfigDocument::parse_string("", "bench", ".");
   auto family = load<ModelFamily>(plugins + "/libdschat-opt.so", "opt", document->root());
   auto generator = load<Generator>(plugins + "/libdschat-kv-cache.so", "kv-cache", document->root());
