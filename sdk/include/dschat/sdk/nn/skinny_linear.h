@@ -4,7 +4,8 @@
 // LibTorch's at::linear (MKL sgemm / oneDNN) reads a big W at a fraction of memory bandwidth at these skinny
 // shapes; skinny_linear reads W exactly once, computing all M dot products per row of W (fp32 accumulation),
 // split over LibTorch's threads along the output features. fast_linear picks it only where it measured faster
-// and no gradient is needed, so training and prefill keep at::linear.
+// and no gradient is needed, so training and (but for bf16 on CPUs without oneDNN's bf16 GEMM) prefill keep
+// at::linear.
 #include <cstdint>
 
 #include <ATen/core/Tensor.h>
