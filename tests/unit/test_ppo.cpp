@@ -216,6 +216,46 @@ TEST(Ppo, ReusedExperienceForwardsGiveTheSameLosses) {
   }
 }
 
+// DeepSpeed-Chat's step-3 LoRA: adapters on the actor and the critic, only_optimize_lora. The generation view
+// fuses the actor's (trained, so non-zero) adapters for each rollout and must still agree with the training
+// path; the exported actor differs from its initial weights in the adapted projections only.
+TEST(Ppo, LoraAdaptersAloneTrainAndRollOutConsistently) {
+  const fs::path lora = fresh_dir("ppo-lora"), frozen = fresh_dir("ppo-lr0");
+  auto file = write_pipeline(lora,
+                             "max_steps = 3\nactor_lora_dim = 4\ncritic_lora_dim = 4\nonly_optimize_lora = true\n"
+                             "actor_lora_learning_rate = 1e-2\ncritic_lora_learning_rate = 1e-2\n");
+  ::testing::internal::CaptureStdout();
+  const bool ok = run_pipeline(load_pipeline(file, {}, registry()), registry());
+  const std::string out = ::testing::internal::GetCapturedStdout();
+  ASSERT_TRUE(ok) << out;
+  EXPECT_NE(out.find("actor LoRA rank 4 on 12 linears, only the adapters trained"), std::string::npos) << out;
+  EXPECT_NE(out.find("critic LoRA rank 4 on 12 linears"), std::string::npos) << out;
+  auto rows = read_metrics(lora / "run" / "rlhf");
+  auto diffs = values_of(rows, "consistency/max_abs_diff");
+  ASSERT_EQ(diffs.size(), 3u);
+  for (double d : diffs) EXPECT_LT(d, 1e-3);
+
+  // The same pipeline with nothing trained (lr 0) exports the initial weights.
+  const std::vector<std::string> lr0 = {"stage.rlhf.actor_learning_rate=0", "stage.rlhf.critic_learning_rate=0"};
+  ASSERT_TRUE(run_pipeline(load_pipeline(write_pipeline(frozen, "max_steps = 3\n"), lr0, registry()), registry()));
+  auto trained = safetensors::CheckpointReader::open(lora / "run" / "rlhf" / "final");
+  auto initial = safetensors::CheckpointReader::open(frozen / "run" / "rlhf" / "final");
+  ASSERT_EQ(trained.names(), initial.names());
+  int adapted = 0;
+  for (const auto& name : trained.names()) {
+    auto has = [&](const char* part) { return name.find(part) != std::string::npos; };
+    const bool projection = has("_proj.weight") || has("fc1.weight") || has("fc2.weight");
+    const bool same = trained.load(name).equal(initial.load(name));
+    if (projection) {
+      EXPECT_FALSE(same) << name << ": the merged adapter should have moved it";
+      ++adapted;
+    } else {
+      EXPECT_TRUE(same) << name << ": frozen by only_optimize_lora";
+    }
+  }
+  EXPECT_EQ(adapted, 12);
+}
+
 TEST(Ppo, CorruptedGenerationLogprobsStopTheRun) {
   const fs::path root = fresh_dir("ppo-corrupt");
   auto file = write_pipeline(root, "max_steps = 3\ndebug_corrupt_generation_logprobs = 0.25\n");

@@ -34,6 +34,10 @@
 //   actor_learning_rate 9.65e-6, critic_learning_rate 5e-6, actor_weight_decay 0, critic_weight_decay 0,
 //   lr_scheduler "cosine" (| linear | constant), num_warmup_steps 100, max_grad_norm 1.0,
 //   actor_gradient_checkpointing / critic_gradient_checkpointing false
+//   actor_lora_dim 0, actor_lora_module_name "", critic_lora_dim 0, critic_lora_module_name "" (0 = no LoRA; the
+//   module name filters module paths, "" = every linear the family targets), actor_lora_learning_rate 5e-4,
+//   critic_lora_learning_rate 5e-4, only_optimize_lora false (train the adapters and the critic's v_head only).
+//   The generation view fuses the actor's adapters for each rollout; final/ and ema/ hold merged weights.
 //   kl_ctl 0.1, clip_reward_value 5, cliprange 0.2, cliprange_value 0.2, gamma 1.0, lam 0.95
 //   enable_ptx false (needs [data] pretraining texts), unsup_coef 27.8
 //   consistency_threshold (1e-3 for fp32 actors, 0.1 for bf16/fp16), consistency_sample_rows 2
@@ -108,6 +112,9 @@ struct PpoOptions {
   int64_t generation_batch_size = 16, training_batch_size = 16, generation_batches = 1, ppo_epochs = 1;
   int64_t epochs = 1, max_steps = 0, gradient_accumulation_steps = 1;
   OptimizerOptions actor_optimizer, critic_optimizer;
+  int64_t actor_lora_dim = 0, critic_lora_dim = 0;
+  std::string actor_lora_module_name, critic_lora_module_name;
+  bool only_optimize_lora = false;
   ppo::PpoConfig ppo;
   bool enable_ptx = false;
   double unsup_coef = 27.8;
@@ -146,11 +153,19 @@ PpoOptions read_options(const ConfigTable& t) {
     opt->learning_rate = t.get_float(p + "_learning_rate", lr, 0.0);
     opt->weight_decay = t.get_float(p + "_weight_decay", 0.0, 0.0);
     opt->gradient_checkpointing = t.get_bool(p + "_gradient_checkpointing", false);
+    opt->lora_learning_rate = t.get_float(p + "_lora_learning_rate", 5e-4, 0.0);
     opt->lr_scheduler = scheduler;
     opt->num_warmup_steps = warmup;
     opt->max_grad_norm = clip;
     opt->gradient_accumulation_steps = o.gradient_accumulation_steps;
   }
+  o.actor_lora_dim = t.get_int("actor_lora_dim", 0, 0);
+  o.critic_lora_dim = t.get_int("critic_lora_dim", 0, 0);
+  o.actor_lora_module_name = t.get_string("actor_lora_module_name", "");
+  o.critic_lora_module_name = t.get_string("critic_lora_module_name", "");
+  o.only_optimize_lora = t.get_bool("only_optimize_lora", false);
+  if (o.only_optimize_lora && o.actor_lora_dim == 0 && o.critic_lora_dim == 0)
+    t.fail("only_optimize_lora", "needs actor_lora_dim > 0 or critic_lora_dim > 0");
   o.ppo.kl_coef = t.get_float("kl_ctl", 0.1, 0.0);
   o.ppo.clip_reward_value = t.get_float("clip_reward_value", 5.0, 0.0);
   o.ppo.cliprange = t.get_float("cliprange", 0.2, 0.0);
@@ -239,6 +254,21 @@ void Ppo::run(StageContext& ctx) {
     for (auto& p : frozen->parameters()) p.set_requires_grad(false);
     frozen->eval();
   }
+
+  // LoRA as DeepSpeed-Chat's step 3 adds it: on the trained roles only (the reference and reward stay plain).
+  auto add_lora = [&](torch::nn::Module& module, const ModelFamily& family, int64_t dim, const std::string& name,
+                      const char* role, const std::vector<std::string>& keep) {
+    if (dim == 0) return;
+    LoraOptions lora;
+    lora.rank = dim;
+    const size_t n = enable_lora_where(module, name, family.lora_target_modules(), lora);
+    if (o_.only_optimize_lora) freeze_all_but_lora(module, keep);
+    std::cout << fmt::format("stage {}: {} LoRA rank {} on {} linears{}\n", stage, role, dim, n,
+                             o_.only_optimize_lora ? ", only the adapters trained" : "");
+  };
+  add_lora(*actor, *handle.family, o_.actor_lora_dim, o_.actor_lora_module_name, "actor", {});
+  add_lora(*critic, *ctx.model("critic").family, o_.critic_lora_dim, o_.critic_lora_module_name, "critic",
+           {"v_head"});
 
   // Optimizer steps: DeepSpeed-Chat's num_total_iters (prompt batches x micro-batches per experience x ppo_epochs
   // / accumulation), capped by max_steps.
