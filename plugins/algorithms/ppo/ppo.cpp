@@ -40,7 +40,7 @@
 //   The generation view fuses the actor's adapters for each rollout; final/ and ema/ hold merged weights.
 //   kl_ctl 0.1, clip_reward_value 5, cliprange 0.2, cliprange_value 0.2, gamma 1.0, lam 0.95
 //   enable_ptx false (needs [data] pretraining texts), unsup_coef 27.8
-//   consistency_threshold (1e-3 for fp32 actors, 0.1 for bf16/fp16), consistency_sample_rows 2
+//   consistency_threshold (1e-3 for fp32 actors, 0.1 for bf16/fp16), consistency_sample_rows 2 (0 = every row)
 //   eval_interval 0 (rollouts; 0 = start and end only), eval_prompts 0 (0 = every held-out prompt),
 //   per_device_eval_batch_size 16, trim_prompt_padding true, save_critic true
 //   checkpoint_interval 0 -- rollouts between checkpoints (actor, critic, hooks' state such as the EMA, data
