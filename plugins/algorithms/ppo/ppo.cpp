@@ -623,7 +623,8 @@ void Ppo::run(StageContext& ctx) {
   if (resume_from) {
     auto position = actor_engine->load_checkpoint(*resume_from / "actor");
     critic_engine->load_checkpoint(*resume_from / "critic");
-    for (size_t i = 0; i < ctx.hooks().size(); ++i) ctx.hooks()[i]->load_state(*resume_from / fmt::format("hook-{}", i));
+    for (size_t i = 0; i < ctx.hooks().size(); ++i)
+      ctx.hooks()[i]->load_state(*resume_from / fmt::format("hook-{}", i));
     start_epoch = position.at("epoch").get<int64_t>();
     start_batch = position.at("next_batch").get<int64_t>();
     rollout = position.at("rollout").get<int64_t>();
