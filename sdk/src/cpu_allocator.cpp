@@ -3,8 +3,8 @@
 // Every DataPtr it returns is "simple" (context == data, one raw deleter), as c10::Allocator::raw_allocate and
 // oneDNN's engine allocator (which LibTorch routes here) require, so a large block's size is kept in a map keyed
 // by its address. Freed blocks wait in a size-ordered multimap; a request takes the smallest cached block that is
-// at least as large and at most a quarter larger (sizes are rounded to 64 KiB, so a training loop's recurring
-// shapes hit exactly).
+// at least as large and at most a quarter larger (sizes are rounded to 4 KiB below 1 MiB and to 64 KiB above, so
+// a training loop's recurring shapes hit exactly).
 #include "dschat/sdk/cpu_allocator.h"
 
 #include <c10/core/Allocator.h>

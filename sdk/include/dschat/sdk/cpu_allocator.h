@@ -4,8 +4,8 @@
 // glibc serves every block over 32 MiB (and, with its default settings, many over 128 KiB) with a fresh mmap and
 // returns it to the kernel on free, so each training step's gradients, logits and activations fault in and
 // zero-fill their pages again: a quarter of all cycles of a CPU PPO iteration on OPT-125m went to the kernel's
-// clear_page. Like LibTorch's CUDA caching allocator, this one keeps freed blocks of 1 MiB and more (up to a cap)
-// and hands them out again; smaller ones go straight to c10::alloc_cpu / free_cpu, whose heap reuses them already.
+// clear_page. Like LibTorch's CUDA caching allocator, this one keeps freed blocks of 128 KiB and more (up to a
+// cap) and hands them out again; smaller ones go straight to c10::alloc_cpu / free_cpu, whose heap reuses them.
 #include <cstdint>
 
 #include "dschat/sdk/export.h"
