@@ -196,7 +196,7 @@ constexpr int64_t kMaxRowsBf16 = 32;
 
 // LibTorch's CPU bf16 GEMM is oneDNN's where oneDNN has bf16 kernels (AVX-512 BW/VL/DQ, AMX, AVX2-VNNI-2);
 // elsewhere ATen runs a generic loop, ~7x slower than fp32 sgemm (Zen 3, 2 threads: 5 vs 40 GFLOP/s). Only
-// AVX-512 is checked: an AVX2-VNNI-2 CPU takes dschat's bf16 paths, which are fast there too.
+// AVX-512 is checked: an AVX2-VNNI-2 CPU takes dschat's bf16 paths (not measured there).
 bool torch_has_fast_bf16() {
 #if defined(__x86_64__) && defined(__GNUC__)
   static const bool yes = (__builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
