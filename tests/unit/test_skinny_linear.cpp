@@ -125,26 +125,47 @@ TEST(SkinnyLinear, DispatchOnlyWithoutAutogradAndFewRows) {
   EXPECT_TRUE(at::allclose(wg.grad(), x.sum(0).expand({64, 32})));
 }
 
-// Where LibTorch's bf16 GEMM is the generic fallback, bf16 linears without autograd run as fp32 GEMMs on upcast
-// operands: the bf16 GEMM's result (exact products, fp32 sums) rounded once, whatever the row count.
-TEST(SkinnyLinear, Bf16UpcastGemmWithoutAutograd) {
+// Where LibTorch's bf16 GEMM is the generic fallback, bf16 linears run as fp32 GEMMs on upcast operands: the
+// bf16 GEMM's result (exact products, fp32 sums) rounded once, whatever the row count, and the same for the
+// backward's gradients.
+TEST(SkinnyLinear, Bf16UpcastGemm) {
   at::manual_seed(5);
   auto w = at::randn({96, 80}).to(at::kBFloat16), b = at::randn({96}).to(at::kBFloat16);
   auto x = at::randn({3, 40, 80}).to(at::kBFloat16);  // 120 rows: past the decode kernel
-  auto exact = at::linear(x.to(at::kDouble), w.to(at::kDouble), b.to(at::kDouble));
-  at::NoGradGuard no_grad;
   if (!use_upcast_linear(x, w, b)) GTEST_SKIP() << "this CPU has oneDNN's bf16 GEMM: bf16 stays on at::linear";
   EXPECT_FALSE(use_upcast_linear(x.to(at::kFloat), w.to(at::kFloat), b.to(at::kFloat)));
-  auto y = fast_linear(x, w, b);
-  ASSERT_EQ(y.scalar_type(), at::kBFloat16);
-  ASSERT_EQ(y.sizes(), exact.sizes());
   // Within half a bf16 ulp (2^-8 relative) of the exact value, plus fp32 summation error.
-  auto err = (y.to(at::kDouble) - exact).abs();
-  EXPECT_TRUE((err <= exact.abs() * (1.0 / 256) + 1e-4).all().item<bool>()) << err.max().item<double>();
+  auto close = [](const at::Tensor& got, const at::Tensor& exact) {
+    EXPECT_EQ(got.scalar_type(), at::kBFloat16);
+    EXPECT_EQ(got.sizes(), exact.sizes());
+    auto err = (got.to(at::kDouble) - exact).abs();
+    EXPECT_TRUE((err <= exact.abs() * (1.0 / 256) + 1e-4).all().item<bool>()) << err.max().item<double>();
+  };
+  auto xd = x.to(at::kDouble).requires_grad_(true), wd = w.to(at::kDouble).requires_grad_(true);
+  auto bd = b.to(at::kDouble).requires_grad_(true);
+  auto exact = at::linear(xd, wd, bd);
+  auto upstream = at::randn(exact.sizes()).to(at::kBFloat16);
+  exact.backward(upstream.to(at::kDouble));
   {
-    at::AutoGradMode grad(true);
-    EXPECT_FALSE(use_upcast_linear(x, w.clone().requires_grad_(true), b));  // training keeps at::linear
+    at::NoGradGuard no_grad;
+    close(fast_linear(x, w, b), exact.detach());
   }
+  auto xg = x.clone().requires_grad_(true), wg = w.clone().requires_grad_(true), bg = b.clone().requires_grad_(true);
+  auto y = fast_linear(xg, wg, bg);
+  close(y.detach(), exact.detach());
+  y.backward(upstream);
+  close(xg.grad(), xd.grad());
+  close(wg.grad(), wd.grad());
+  close(bg.grad(), bd.grad());
+
+  // No bias (a tied LM head), gradient for the weight only.
+  auto wd2 = w.to(at::kDouble).requires_grad_(true), wg2 = w.clone().requires_grad_(true);
+  auto exact2 = at::linear(x.to(at::kDouble), wd2);
+  exact2.backward(upstream.to(at::kDouble));
+  auto y2 = fast_linear(x, wg2);
+  close(y2.detach(), exact2.detach());
+  y2.backward(upstream);
+  close(wg2.grad(), wd2.grad());
 }
 
 TEST(SkinnyLinear, LoraLinearForward) {

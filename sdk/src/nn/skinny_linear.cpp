@@ -13,6 +13,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/grad_mode.h>
 #include <c10/util/BFloat16.h>
+#include <torch/csrc/autograd/custom_function.h>
 
 #include <algorithm>
 #include <type_traits>
@@ -291,16 +292,50 @@ bool use_upcast_linear(const at::Tensor& x, const at::Tensor& weight, const at::
   if (!x.device().is_cpu() || !weight.device().is_cpu()) return false;
   if (x.scalar_type() != at::kBFloat16 || weight.scalar_type() != at::kBFloat16) return false;
   if (bias.defined() && (bias.scalar_type() != at::kBFloat16 || !bias.device().is_cpu())) return false;
-  return !needs_grad(x, weight, bias);
+  return true;
 }
+
+namespace {
+
+// The bf16 GEMM as oneDNN computes it (exact bf16 products, fp32 sums, output rounded once to bf16), on sgemm:
+// upcasting costs one pass over each operand, small next to the M x N x K product at these row counts.
+at::Tensor upcast(const at::Tensor& t) { return t.defined() ? t.to(at::kFloat) : t; }
+
+// Training's bf16 linear on the same sgemm: the backward's two GEMMs (and the bias sum) in fp32, each gradient
+// rounded once to bf16, as a native bf16 backward rounds them. Only the bf16 operands are saved, so the memory
+// kept for backward is what at::linear would keep.
+class UpcastLinearFunction : public torch::autograd::Function<UpcastLinearFunction> {
+ public:
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight,
+                            const at::Tensor& bias) {
+    ctx->save_for_backward({x, weight});
+    return at::linear(upcast(x), upcast(weight), upcast(bias)).to(at::kBFloat16);
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grad_outputs) {
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor& x = saved[0];
+    const at::Tensor& weight = saved[1];
+    const int64_t N = weight.size(0), K = weight.size(1);
+    auto grad = grad_outputs[0].to(at::kFloat).reshape({-1, N});  // [M, N]
+    at::Tensor grad_x, grad_weight, grad_bias;
+    if (ctx->needs_input_grad(0)) grad_x = grad.mm(upcast(weight)).to(at::kBFloat16).view(x.sizes());
+    if (ctx->needs_input_grad(1)) grad_weight = grad.t().mm(upcast(x).reshape({-1, K})).to(at::kBFloat16);
+    if (ctx->needs_input_grad(2)) grad_bias = grad.sum(0).to(at::kBFloat16);
+    return {grad_x, grad_weight, grad_bias};
+  }
+};
+
+}  // namespace
 
 at::Tensor fast_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
   if (use_skinny_linear(x, weight, bias)) return skinny_linear(x, weight, bias);
   if (use_upcast_linear(x, weight, bias)) {
-    // The bf16 GEMM as oneDNN computes it (exact bf16 products, fp32 sums, output rounded once to bf16), on
-    // sgemm: upcasting W costs one pass over it, small next to the M x N x K product at these row counts.
-    auto up = [](const at::Tensor& t) { return t.defined() ? t.to(at::kFloat) : t; };
-    return at::linear(up(x), up(weight), up(bias)).to(at::kBFloat16);
+    if (!needs_grad(x, weight, bias)) return at::linear(upcast(x), upcast(weight), upcast(bias)).to(at::kBFloat16);
+    // A custom Function's tensor inputs must be defined: no bias is a zero bias that needs no gradient.
+    const at::Tensor b = bias.defined() ? bias : at::zeros({weight.size(0)}, weight.options());
+    return UpcastLinearFunction::apply(x, weight, b);
   }
   return at::linear(x, weight, bias);
 }

@@ -4,8 +4,8 @@
 // LibTorch's at::linear (MKL sgemm / oneDNN) reads a big W at a fraction of memory bandwidth at these skinny
 // shapes; skinny_linear reads W exactly once, computing all M dot products per row of W (fp32 accumulation),
 // split over LibTorch's threads along the output features. fast_linear picks it only where it measured faster
-// and no gradient is needed, so training and (but for bf16 on CPUs without oneDNN's bf16 GEMM) prefill keep
-// at::linear.
+// and no gradient is needed, so training and prefill keep at::linear (bf16 on CPUs without oneDNN's bf16 GEMM
+// takes fp32 GEMMs instead: use_upcast_linear).
 #include <cstdint>
 
 #include <ATen/core/Tensor.h>
@@ -26,8 +26,8 @@ DSCHAT_SDK_API bool use_skinny_linear(const at::Tensor& x, const at::Tensor& wei
                                       const at::Tensor& bias = at::Tensor());
 DSCHAT_SDK_API int64_t skinny_linear_max_rows(at::ScalarType dtype);
 
-// Whether fast_linear would run a bf16 linear as an fp32 GEMM on upcast operands: bf16 CPU tensors, no gradient
-// needed, on a CPU where LibTorch's bf16 GEMM is its generic fallback (no oneDNN bf16 kernels: no AVX-512).
+// Whether fast_linear would run a bf16 linear as fp32 GEMMs on upcast operands (backward included): bf16 CPU
+// tensors on a CPU where LibTorch's bf16 GEMM is its generic fallback (no oneDNN bf16 kernels: no AVX-512).
 DSCHAT_SDK_API bool use_upcast_linear(const at::Tensor& x, const at::Tensor& weight,
                                       const at::Tensor& bias = at::Tensor());
 
