@@ -140,21 +140,15 @@ class CachingCpuAllocator final : public c10::Allocator {
   CpuCacheStats stats_;
 };
 
-bool installed = false;
-std::mutex install_mutex;
-
 }  // namespace
 
 void install_caching_cpu_allocator(int64_t max_cached_bytes) {
   TORCH_CHECK(max_cached_bytes >= 0, "install_caching_cpu_allocator: the cap must be >= 0, got ", max_cached_bytes);
-  std::lock_guard<std::mutex> lock(install_mutex);
   auto& allocator = CachingCpuAllocator::instance();
   allocator.set_cap(static_cast<size_t>(max_cached_bytes));
-  if (!installed) {
-    // Priority above LibTorch's default CPU allocator (0), so nothing LibTorch registers later replaces it.
-    c10::SetCPUAllocator(&allocator, /*priority=*/1);
-    installed = true;
-  }
+  // Priority above LibTorch's default CPU allocator (0), so nothing LibTorch registers later replaces it; setting
+  // the same allocator again is a no-op.
+  c10::SetCPUAllocator(&allocator, /*priority=*/1);
 }
 
 void install_cpu_allocator_from_environment() {
@@ -173,10 +167,7 @@ void install_cpu_allocator_from_environment() {
   install_caching_cpu_allocator(cap);
 }
 
-bool caching_cpu_allocator_installed() {
-  std::lock_guard<std::mutex> lock(install_mutex);
-  return installed && c10::GetCPUAllocator() == &CachingCpuAllocator::instance();
-}
+bool caching_cpu_allocator_installed() { return c10::GetCPUAllocator() == &CachingCpuAllocator::instance(); }
 
 CpuCacheStats caching_cpu_allocator_stats() { return CachingCpuAllocator::instance().stats(); }
 

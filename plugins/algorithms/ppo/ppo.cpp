@@ -327,6 +327,17 @@ void Ppo::run(StageContext& ctx) {
     auto logits = lm.lm_logits(hidden.narrow(1, from, hidden.size(1) - 1 - from));
     return pad_front(ppo::logprobs_from_logits(logits, seq.slice(1, from + 1)).to(at::kFloat), from);
   };
+  // The training path of the trained roles, shared by the experience and the training step (whose first
+  // micro-batch reuses the experience's): the actor's log-probs of seq[:, start + 1:] ([B, L - 1 - start], LM head
+  // on those positions only) and the critic's values ([B, L - 1]).
+  auto actor_answer_logprobs = [&](const at::Tensor& seq, const at::Tensor& mask, int64_t start) {
+    auto logits = actor_engine->forward(seq, mask, false, true, start).logits;
+    return ppo::logprobs_from_logits(logits.slice(1, 0, -1), seq.slice(1, start + 1)).to(at::kFloat);
+  };
+  auto critic_values = [&](const at::Tensor& seq, const at::Tensor& mask) {
+    auto hidden = critic_engine->forward(seq, mask, /*return_hidden=*/true, false).hidden;
+    return critic->values_from_hidden(hidden).slice(1, 0, -1).to(at::kFloat);
+  };
 
   // ---- eval: greedy answers to held-out prompts, mean reward score and mean KL to the reference ----
   std::vector<int64_t> eval_indices;
@@ -482,22 +493,18 @@ void Ppo::run(StageContext& ctx) {
     // does, so the first micro-batch's forwards can serve both.
     actor_engine->train(true);
     critic_engine->train(true);
-    auto actor_logprobs = [&](int64_t r0, int64_t r1) {  // [r1 - r0, L - P], answer positions only
-      auto seq = e.seq.slice(0, r0, r1);
-      auto logits = actor_engine->forward(seq, e.attention_mask.slice(0, r0, r1), false, true, P - 1).logits;
-      return ppo::logprobs_from_logits(logits.slice(1, 0, -1), seq.slice(1, P)).to(at::kFloat);
+    auto logprobs_of_rows = [&](int64_t r0, int64_t r1) {
+      return actor_answer_logprobs(e.seq.slice(0, r0, r1), e.attention_mask.slice(0, r0, r1), P - 1);
     };
-    auto critic_values = [&](int64_t r0, int64_t r1) {  // [r1 - r0, L - 1]
-      auto hidden =
-          critic_engine->forward(e.seq.slice(0, r0, r1), e.attention_mask.slice(0, r0, r1), true, false).hidden;
-      return critic->values_from_hidden(hidden).slice(1, 0, -1).to(at::kFloat);
+    auto values_of_rows = [&](int64_t r0, int64_t r1) {
+      return critic_values(e.seq.slice(0, r0, r1), e.attention_mask.slice(0, r0, r1));
     };
     const int64_t B = e.seq.size(0);
     const int64_t recorded =
         first_of_flush && o_.reuse_experience_forwards ? std::min(B, o_.training_batch_size) : 0;
     if (recorded > 0) {
-      e.first_micro_logprobs = actor_logprobs(0, recorded);
-      e.first_micro_values = critic_values(0, recorded);
+      e.first_micro_logprobs = logprobs_of_rows(0, recorded);
+      e.first_micro_values = values_of_rows(0, recorded);
     }
     at::NoGradGuard no_grad;
     auto with_recorded = [&](const at::Tensor& first, auto&& compute) {
@@ -505,8 +512,8 @@ void Ppo::run(StageContext& ctx) {
       auto rest = compute(recorded, B);
       return recorded == 0 ? rest : at::cat({first.detach(), rest}, 0);
     };
-    e.old_logprobs = pad_front(with_recorded(e.first_micro_logprobs, actor_logprobs), P - 1);
-    e.values = with_recorded(e.first_micro_values, critic_values);
+    e.old_logprobs = pad_front(with_recorded(e.first_micro_logprobs, logprobs_of_rows), P - 1);
+    e.values = with_recorded(e.first_micro_values, values_of_rows);
     e.ref_logprobs = answer_logprobs(*reference, e.seq, e.attention_mask, P - 1);
     e.score = ppo_rollout::rollout_scores(*reward, e.seq, pad_id, P).to(at::kFloat);
     exp_s = seconds_since(t0);
@@ -569,25 +576,15 @@ void Ppo::run(StageContext& ctx) {
           auto m = action_mask.slice(1, start).to(at::kFloat);
           // The experience forwards recorded for this micro-batch (the first, on unchanged weights), used once.
           const bool recorded = k == 0 && e.first_micro_logprobs.defined();
-          at::Tensor logp, values;
-          if (recorded) {
-            logp = std::exchange(e.first_micro_logprobs, at::Tensor());
-            values = std::exchange(e.first_micro_values, at::Tensor());
-          }
           // actor
-          if (!recorded) {
-            auto logits = actor_engine->forward(seq, mask, false, true, start).logits;  // answer positions only
-            logp = ppo::logprobs_from_logits(logits.slice(1, 0, -1), seq.slice(1, start + 1)).to(at::kFloat);
-          }
+          auto logp = recorded ? std::exchange(e.first_micro_logprobs, at::Tensor())
+                               : actor_answer_logprobs(seq, mask, start);
           auto a_loss = ppo::actor_loss(logp, old_logp.slice(1, start), advantages, m, o_.ppo);
           actor_engine->backward(a_loss);
           after_actor_step(actor_engine->step());
           if (o_.enable_ptx) s.ptx_loss += ptx_step();
           // critic
-          if (!recorded) {
-            auto hidden = critic_engine->forward(seq, mask, /*return_hidden=*/true, false).hidden;
-            values = critic->values_from_hidden(hidden).slice(1, 0, -1).to(at::kFloat);
-          }
+          auto values = recorded ? std::exchange(e.first_micro_values, at::Tensor()) : critic_values(seq, mask);
           auto c_loss = ppo::critic_loss(values.slice(1, start), old_values.slice(1, start), returns, m, o_.ppo);
           critic_engine->backward(c_loss);
           critic_engine->step();

@@ -300,6 +300,9 @@ namespace {
 // The bf16 GEMM as oneDNN computes it (exact bf16 products, fp32 sums, output rounded once to bf16), on sgemm:
 // upcasting costs one pass over each operand, small next to the M x N x K product at these row counts.
 at::Tensor upcast(const at::Tensor& t) { return t.defined() ? t.to(at::kFloat) : t; }
+at::Tensor upcast_gemm(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
+  return at::linear(upcast(x), upcast(weight), upcast(bias)).to(at::kBFloat16);
+}
 
 // Training's bf16 linear on the same sgemm: the backward's two GEMMs (and the bias sum) in fp32, each gradient
 // rounded once to bf16, as a native bf16 backward rounds them. Only the bf16 operands are saved, so the memory
@@ -309,7 +312,7 @@ class UpcastLinearFunction : public torch::autograd::Function<UpcastLinearFuncti
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight,
                             const at::Tensor& bias) {
     ctx->save_for_backward({x, weight});
-    return at::linear(upcast(x), upcast(weight), upcast(bias)).to(at::kBFloat16);
+    return upcast_gemm(x, weight, bias);
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
@@ -332,7 +335,7 @@ class UpcastLinearFunction : public torch::autograd::Function<UpcastLinearFuncti
 at::Tensor fast_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
   if (use_skinny_linear(x, weight, bias)) return skinny_linear(x, weight, bias);
   if (use_upcast_linear(x, weight, bias)) {
-    if (!needs_grad(x, weight, bias)) return at::linear(upcast(x), upcast(weight), upcast(bias)).to(at::kBFloat16);
+    if (!needs_grad(x, weight, bias)) return upcast_gemm(x, weight, bias);
     // A custom Function's tensor inputs must be defined: no bias is a zero bias that needs no gradient.
     const at::Tensor b = bias.defined() ? bias : at::zeros({weight.size(0)}, weight.options());
     return UpcastLinearFunction::apply(x, weight, b);
