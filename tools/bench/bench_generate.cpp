@@ -2,7 +2,7 @@
 //
 //   bench_generate PLUGIN_DIR MODEL_DIR PROMPTS.safetensors NEW_TOKENS f32|bf16 ITERATIONS THREADS
 //
-// Loads the model with the opt plugin and generates greedily (no eos: every row makes NEW_TOKENS) for the
+// Loads the model with the plugin its config.json's model_type names (opt, llama, bloom) and generates greedily (no eos: every row makes NEW_TOKENS) for the
 // prompts' input_ids / attention_mask, and once more with a single new token (prefill + one pick) so the script
 // can split off the decode time. Prints one JSON line:
 //   {"min_ms", "median_ms", "prefill_ms", "tokens": [[...], ...]}   (times: best / median over ITERATIONS)
@@ -39,6 +39,14 @@ std::shared_ptr<Interface> load(const std::string& file, const std::string& name
   }
   throw std::runtime_error(file + " offers no " + Interface::kind + " '" + name + "'");
 }
+// The prompts' left padding uses config.json's pad_token_id (OPT: 1), else its eos (LLaMA-family checkpoints).
+int64_t pad_token_id(const std::string& model_dir) {
+  const auto config = read_hf_config(model_dir);
+  for (const char* key : {"pad_token_id", "eos_token_id"}) {
+    if (config.contains(key) && config[key].is_number_integer()) return config[key].get<int64_t>();
+  }
+  return 0;
+}
 }  // namespace
 
 int main(int argc, char** argv) try {
@@ -54,7 +62,8 @@ int main(int argc, char** argv) try {
   at::set_num_threads(std::stoi(argv[7]));
   dschat::install_cpu_allocator_from_environment();  // as the dschat host does
   auto document = ConfigDocument::parse_string("", "bench", ".");
-  auto family = load<ModelFamily>(plugins + "/libdschat-opt.so", "opt", document->root());
+  const std::string model_type = read_hf_config(argv[2]).value("model_type", "");
+  auto family = load<ModelFamily>(plugins + "/libdschat-" + model_type + ".so", model_type, document->root());
   auto generator = load<Generator>(plugins + "/libdschat-kv-cache.so", "kv-cache", document->root());
   auto model = family->from_pretrained(argv[2], {.dtype = dtype_name == "bf16" ? at::kBFloat16 : at::kFloat});
   model->eval();
@@ -67,7 +76,7 @@ int main(int argc, char** argv) try {
   auto options = generator->defaults();
   options.do_sample = false;
   options.max_new_tokens = new_tokens;
-  options.pad_token_id = 1;
+  options.pad_token_id = pad_token_id(argv[2]);
   at::Tensor sequences;
   auto time = [&](int64_t tokens) {
     options.max_new_tokens = tokens;

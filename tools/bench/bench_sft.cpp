@@ -15,6 +15,7 @@
 
 #include "dschat/framework/registry.h"
 #include "dschat/sdk/config_document.h"
+#include "dschat/sdk/cpu_allocator.h"
 #include "dschat/sdk/model.h"
 #include "dschat/sdk/optim.h"
 #include "dschat/sdk/plugin.h"
@@ -34,6 +35,7 @@ int main(int argc, char** argv) try {
   at::set_num_threads(std::stoi(argv[7]));
   const bool checkpointing = argc == 9 && std::string(argv[8]) == "1";
   const auto dtype = dtype_name == "bf16" ? at::kBFloat16 : at::kFloat;
+  install_cpu_allocator_from_environment();  // as `dschat run` does: DSCHAT_CPU_ALLOCATOR=system turns it off
 
   // Through the host's registry, exactly as `dschat` loads the plugin.
   PluginRegistry registry;

@@ -1,0 +1,123 @@
+"""What every benchmark prints about the machine, and the physical bounds its figures are shares of.
+
+    describe(threads)            -> lines: CPU model and the SIMD flags the kernels dispatch on, threads, the
+                                    allocator each side runs with, torch's build (BLAS, oneDNN, ISA, OpenMP)
+    read_bandwidth_gbs(threads)  -> DRAM read bandwidth (GB/s): torch.sum over 1 GiB, far past every cache
+    gemm_peak_gflops(dtype, threads) -> a large square at::mm (MKL sgemm / oneDNN bf16), the reachable GEMM peak
+    peak_rss_mb()                -> this process's peak resident set (MB)
+    jemalloc_path()              -> Debian's libjemalloc.so.2 for LD_PRELOAD, or None
+
+Both probes run in the benchmark's own process just before its rows, so the shares printed next to each figure
+are of the bound measured on the same machine in the same minute.
+"""
+import os
+import platform
+import re
+import resource
+import time
+
+import torch
+
+# Flags dschat's kernels and oneDNN dispatch on.
+FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile")
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            text = f.read()
+    except OSError:
+        return platform.processor() or "unknown", set()
+    name = re.search(r"^model name\s*:\s*(.*)$", text, re.M)
+    family = re.search(r"^cpu family\s*:\s*(\d+)$", text, re.M)
+    model = re.search(r"^model\s*:\s*(\d+)$", text, re.M)
+    flags = re.search(r"^flags\s*:\s*(.*)$", text, re.M)
+    label = name.group(1).strip() if name else "unknown"
+    if family and model:
+        label += f" (family {family.group(1)}, model {model.group(1)}{zen_generation(family, model)})"
+    return label, set(flags.group(1).split()) if flags else set()
+
+
+def zen_generation(family, model):
+    """AMD reports 'AMD EPYC' without a generation under some hypervisors; family/model still tell it."""
+    f, m = int(family.group(1)), int(model.group(1))
+    if f == 0x19:
+        return ", Zen 4" if (0x10 <= m <= 0x1F or 0x60 <= m <= 0xAF) else ", Zen 3"
+    if f == 0x1A:
+        return ", Zen 5"
+    return ""
+
+
+def jemalloc_path():
+    for path in ("/usr/lib/x86_64-linux-gnu/libjemalloc.so.2", "/usr/lib/aarch64-linux-gnu/libjemalloc.so.2"):
+        if os.path.exists(path):
+            return path
+    return None
+
+
+def torch_build():
+    config = torch.__config__.show()
+    keep = []
+    for key in ("BLAS_INFO", "LAPACK_INFO", "USE_MKLDNN", "USE_OPENMP", "CPU capability usage"):
+        hit = re.search(rf"{re.escape(key)}\s*[=:]\s*([^,\n]+)", config)
+        if hit:
+            keep.append(f"{key}={hit.group(1).strip()}")
+    onednn = re.search(r"Intel\(R\) MKL-DNN v[\d.]+|oneDNN v[\d.]+|DNNL v[\d.]+", config)
+    if onednn:
+        keep.append(onednn.group(0))
+    return f"torch {torch.__version__}: " + ", ".join(keep)
+
+
+def describe(threads):
+    name, flags = cpu_model()
+    have = [f for f in FLAGS if f in flags]
+    allocator = os.environ.get("DSCHAT_CPU_ALLOCATOR", "caching (dschat's default)")
+    preload = os.environ.get("LD_PRELOAD", "")
+    return [
+        f"CPU: {name}; {os.cpu_count()} logical cores; flags: {' '.join(have) or 'none of ' + ' '.join(FLAGS)}",
+        f"threads: {threads} (torch.set_num_threads here, at::set_num_threads in dschat's drivers)",
+        f"allocator: dschat {allocator}; python side glibc malloc"
+        + (f" (LD_PRELOAD={preload})" if preload else "") + "; jemalloc rows use LD_PRELOAD="
+        + (jemalloc_path() or "<libjemalloc2 not installed>"),
+        torch_build(),
+    ]
+
+
+def _best_seconds(fn, repeats):
+    fn()  # warm: page faults, thread pool start
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def read_bandwidth_gbs(threads, gib=1.0, repeats=5):
+    """DRAM read bandwidth as torch.sum streams it: the bound a decode step that reads each weight once meets."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        x = torch.ones(int(gib * (1 << 30)) // 4, dtype=torch.float32)
+        seconds = _best_seconds(lambda: x.sum(), repeats)
+        return x.numel() * 4 / seconds / 1e9
+    finally:
+        torch.set_num_threads(previous)
+
+
+def gemm_peak_gflops(dtype, threads, n=2048, repeats=3):
+    """The GEMM rate LibTorch reaches at a large square shape: the bound training's matmuls are a share of."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        a = torch.randn(n, n).to(dtype)
+        b = torch.randn(n, n).to(dtype)
+        seconds = _best_seconds(lambda: torch.mm(a, b), repeats)
+        return 2 * n ** 3 / seconds / 1e9
+    finally:
+        torch.set_num_threads(previous)
+
+
+def peak_rss_mb(children=False):
+    who = resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF
+    return resource.getrusage(who).ru_maxrss / 1024
