@@ -21,16 +21,26 @@ at::Tensor reference(const at::Tensor& x, const at::Tensor& w, const at::Tensor&
   return y;
 }
 
-void check(const std::vector<int64_t>& lead, int64_t N, int64_t K, at::ScalarType dtype, bool with_bias) {
-  SCOPED_TRACE("lead " + std::to_string(lead.size()) + " N " + std::to_string(N) + " K " + std::to_string(K) +
-               (dtype == at::kFloat ? " fp32" : " bf16") + (with_bias ? " bias" : ""));
+// Every loop this CPU can run (scalar, AVX2, AVX-512F, AVX-512-BF16), not only the one skinny_linear picks.
+std::vector<SkinnyIsa> isas() {
+  std::vector<SkinnyIsa> out;
+  for (auto isa : {SkinnyIsa::kScalar, SkinnyIsa::kAvx2, SkinnyIsa::kAvx512, SkinnyIsa::kAvx512Bf16})
+    if (skinny_isa_supported(isa)) out.push_back(isa);
+  return out;
+}
+
+void check(SkinnyIsa isa, const std::vector<int64_t>& lead, int64_t N, int64_t K, at::ScalarType dtype,
+           bool with_bias) {
+  SCOPED_TRACE(std::string(skinny_isa_name(isa)) + " lead " + std::to_string(lead.size()) + " N " +
+               std::to_string(N) + " K " + std::to_string(K) + (dtype == at::kFloat ? " fp32" : " bf16") +
+               (with_bias ? " bias" : ""));
   auto x_sizes = lead;
   x_sizes.push_back(K);
   auto x = at::randn(x_sizes).to(dtype);
   auto w = at::randn({N, K}).to(dtype);
   auto b = with_bias ? at::randn({N}).to(dtype) : at::Tensor();
   at::NoGradGuard no_grad;
-  auto ours = skinny_linear(x, w, b);
+  auto ours = skinny_linear(isa, x, w, b);
   auto theirs = at::linear(x, w, b);
   ASSERT_EQ(ours.sizes(), theirs.sizes());
   ASSERT_EQ(ours.scalar_type(), dtype);
@@ -56,29 +66,43 @@ void check(const std::vector<int64_t>& lead, int64_t N, int64_t K, at::ScalarTyp
 
 TEST(SkinnyLinear, MatchesLinearFp32AndBf16) {
   at::manual_seed(0);
-  for (auto dtype : {at::kFloat, at::kBFloat16}) {
-    for (bool bias : {false, true}) {
-      for (int64_t M = 1; M <= 8; ++M) check({M}, 1 + 37 * M, 5 + 97 * M, dtype, bias);  // N, K odd
-      check({1}, 1, 1, dtype, bias);
-      check({3}, 8, 16, dtype, bias);      // exact vector multiples
-      check({2, 3}, 1001, 771, dtype, bias);  // leading dims: 6 rows
-      check({4, 1}, 50, 3075, dtype, bias);   // long rows, x beyond L1
-      check({12}, 257, 100, dtype, bias);     // past 8 rows: passes over tiles of W
-      check({17}, 2000, 129, dtype, bias);
+  ASSERT_TRUE(skinny_isa_supported(skinny_best_isa()));
+  for (auto isa : isas()) {
+    for (auto dtype : {at::kFloat, at::kBFloat16}) {
+      for (bool bias : {false, true}) {
+        for (int64_t M = 1; M <= 8; ++M) check(isa, {M}, 1 + 37 * M, 5 + 97 * M, dtype, bias);  // N, K odd
+        check(isa, {1}, 1, 1, dtype, bias);
+        check(isa, {3}, 8, 16, dtype, bias);       // exact AVX2 vector multiples
+        check(isa, {5}, 40, 64, dtype, bias);      // exact AVX-512 multiples (32 bf16 pairs)
+        check(isa, {2}, 9, 33, dtype, bias);       // one past a 32-wide block: a 1-element masked tail
+        check(isa, {2, 3}, 1001, 771, dtype, bias);  // leading dims: 6 rows
+        check(isa, {4, 1}, 50, 3075, dtype, bias);   // long rows, x beyond L1
+        check(isa, {12}, 257, 100, dtype, bias);     // past 8 rows: passes over tiles of W
+        check(isa, {17}, 2000, 129, dtype, bias);
+      }
     }
+  }
+}
+
+TEST(SkinnyLinear, RefusesALoopTheCpuLacks) {
+  for (auto isa : {SkinnyIsa::kAvx2, SkinnyIsa::kAvx512, SkinnyIsa::kAvx512Bf16}) {
+    if (skinny_isa_supported(isa)) continue;
+    EXPECT_THROW(skinny_linear(isa, at::randn({1, 8}), at::randn({4, 8})), c10::Error) << skinny_isa_name(isa);
   }
 }
 
 TEST(SkinnyLinear, SameResultWithAnyThreadCount) {
   at::manual_seed(1);
-  auto x = at::randn({5, 333}), w = at::randn({4099, 333}), b = at::randn({4099});
-  const int before = at::get_num_threads();
-  at::set_num_threads(1);
-  auto one = skinny_linear(x, w, b);
-  at::set_num_threads(std::max(2, before));
-  auto many = skinny_linear(x, w, b);
-  at::set_num_threads(before);
-  EXPECT_TRUE(at::equal(one, many));  // rows of W are independent: the split cannot change a sum
+  for (auto dtype : {at::kFloat, at::kBFloat16}) {
+    auto x = at::randn({5, 333}).to(dtype), w = at::randn({4099, 333}).to(dtype), b = at::randn({4099}).to(dtype);
+    const int before = at::get_num_threads();
+    at::set_num_threads(1);
+    auto one = skinny_linear(x, w, b);
+    at::set_num_threads(std::max(2, before));
+    auto many = skinny_linear(x, w, b);
+    at::set_num_threads(before);
+    EXPECT_TRUE(at::equal(one, many));  // rows of W are independent: the split cannot change a sum
+  }
 }
 
 TEST(SkinnyLinear, StridedInput) {

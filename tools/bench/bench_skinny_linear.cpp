@@ -61,9 +61,12 @@ int main(int argc, char** argv) {
   }
   at::set_num_threads(threads);
   at::NoGradGuard no_grad;
-  const std::vector<std::pair<int64_t, int64_t>> shapes{{50272, 768}, {3072, 768}, {768, 3072}, {768, 768}};
-  std::printf("threads %d\n%-14s %-5s %3s %10s %8s %10s %8s %7s %10s %7s\n", threads, "W [N,K]", "dtype", "M",
-              "linear ms", "GB/s", "skinny ms", "GB/s", "ratio", "upcast ms", "ratio");
+  // OPT-125m's LM head and block matrices, then SmolLM2-135M's (LLaMA: tied head, GQA k/v, 1536-wide MLP).
+  std::vector<std::pair<int64_t, int64_t>> shapes{{50272, 768}, {3072, 768}, {768, 3072}, {768, 768},
+                                                  {49152, 576}, {1536, 576}, {576, 1536}, {192, 576}};
+  std::printf("threads %d, skinny loop %s (other loops: ms per call)\n%-14s %-5s %3s %10s %8s %10s %8s %7s %10s %7s\n",
+              threads, dschat::skinny_isa_name(dschat::skinny_best_isa()), "W [N,K]", "dtype", "M", "linear ms",
+              "GB/s", "skinny ms", "GB/s", "ratio", "upcast ms", "ratio");
   for (auto dtype : {at::kFloat, at::kBFloat16}) {
     if (dtypes.find(dtype == at::kFloat ? "fp32" : "bf16") == std::string::npos) continue;
     for (auto [N, K] : shapes) {
@@ -76,14 +79,23 @@ int main(int argc, char** argv) {
         size_t i = 0, j = 0;
         const double lin = best_ms([&] { at::linear(x, ws[i++ % ws.size()]); }, budget);
         const double sk = best_ms([&] { dschat::skinny_linear(x, ws[j++ % ws.size()]); }, budget);
+        std::string others;  // every other loop this CPU has, ms
+        for (auto isa : {dschat::SkinnyIsa::kAvx2, dschat::SkinnyIsa::kAvx512, dschat::SkinnyIsa::kAvx512Bf16}) {
+          if (!dschat::skinny_isa_supported(isa) || isa == dschat::skinny_best_isa()) continue;
+          if (isa == dschat::SkinnyIsa::kAvx512Bf16 && dtype == at::kFloat) continue;
+          size_t o = 0;
+          const double t = best_ms([&] { dschat::skinny_linear(isa, x, ws[o++ % ws.size()]); }, budget);
+          others += std::string(" ") + dschat::skinny_isa_name(isa) + " " + std::to_string(t).substr(0, 6);
+        }
         double up = 0;
         if (dtype == at::kBFloat16) {
           size_t k = 0;
           up = best_ms([&] { at::linear(x.to(at::kFloat), ws[k++ % ws.size()].to(at::kFloat)).to(dtype); }, budget);
         }
-        std::printf("[%5ld,%4ld]   %-5s %3ld %10.3f %8.1f %10.3f %8.1f %7.2f %10.3f %7.2f\n", static_cast<long>(N),
-                    static_cast<long>(K), dtype == at::kFloat ? "fp32" : "bf16", static_cast<long>(M), lin,
-                    bytes / lin / 1e6, sk, bytes / sk / 1e6, lin / sk, up, up > 0 ? lin / up : 0.0);
+        std::printf("[%5ld,%4ld]   %-5s %3ld %10.3f %8.1f %10.3f %8.1f %7.2f %10.3f %7.2f |%s\n",
+                    static_cast<long>(N), static_cast<long>(K), dtype == at::kFloat ? "fp32" : "bf16",
+                    static_cast<long>(M), lin, bytes / lin / 1e6, sk, bytes / sk / 1e6, lin / sk, up,
+                    up > 0 ? lin / up : 0.0, others.c_str());
         std::fflush(stdout);
       }
     }

@@ -16,7 +16,9 @@
 #include <torch/csrc/autograd/custom_function.h>
 
 #include <algorithm>
+#include <array>
 #include <type_traits>
+#include <utility>
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
@@ -27,26 +29,47 @@ namespace dschat {
 
 namespace {
 
-// x rows per kernel pass: M accumulators per row of W must stay in the 16 ymm registers.
+// x rows per kernel pass: M accumulators per row of W must stay in the vector registers (16 ymm, 32 zmm).
 constexpr int kMaxPass = 8;
 constexpr int64_t kPrefetchBytes = 16 << 10;
 
-bool has_avx2() {
+bool cpu_has(SkinnyIsa isa) {
 #ifdef DSCHAT_SKINNY_AVX2
-  static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return yes;
-#else
+  switch (isa) {
+    case SkinnyIsa::kScalar: return true;
+    case SkinnyIsa::kAvx2: return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    case SkinnyIsa::kAvx512: return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
+    case SkinnyIsa::kAvx512Bf16:
+      return cpu_has(SkinnyIsa::kAvx512) && __builtin_cpu_supports("avx512bf16");
+  }
   return false;
+#else
+  return isa == SkinnyIsa::kScalar;
 #endif
+}
+
+bool has_avx2() {
+  static const bool yes = cpu_has(SkinnyIsa::kAvx2);
+  return yes;
 }
 
 // Rows of W handled together: with few x rows, sharing each x load between R rows of W keeps the loop bound by
 // W's stream rather than by loads; M * R accumulators (at least ~8 to hide the FMA latency) plus the W registers
-// (two per row for bf16) must fit in 16 ymm.
+// must fit in the register file: 16 ymm for AVX2 (two W registers per row for bf16), 32 zmm for AVX-512.
 template <typename T, int M>
-constexpr int rows_per_step() {
+constexpr int avx2_rows_per_step() {
   if constexpr (std::is_same_v<T, float>) return M == 1 ? 8 : M == 2 ? 4 : M == 3 ? 3 : M <= 6 ? 2 : 1;
   return M == 1 ? 4 : M == 2 ? 3 : M <= 4 ? 2 : 1;
+}
+// AVX-512 with one W register per row (fp32, or bf16 pairs for vdpbf16ps): M * R + R + 1 <= 32.
+template <int M>
+constexpr int avx512_rows_per_step() {
+  return M == 1 ? 8 : M == 2 ? 6 : M <= 4 ? 4 : 3;
+}
+// AVX-512F widening bf16 (two W registers per row): M * R + 2 R + 2 <= 32.
+template <int M>
+constexpr int avx512_widen_rows_per_step() {
+  return M == 1 ? 8 : M == 2 ? 6 : M <= 4 ? 4 : M <= 6 ? 3 : 2;
 }
 
 template <typename T, int M, int R>
@@ -57,19 +80,29 @@ inline void store(const float (&s)[M][R], const T* bias, T* y, int64_t N, int64_
   }
 }
 
-// Portable: one row of W at a time, all M dot products.
-template <typename T, int M>
-void rows_scalar(const float* x, const T* w, const T* bias, T* y, int64_t K, int64_t N, int64_t n0, int64_t n1) {
-  for (int64_t n = n0; n < n1; ++n) {
-    const T* wr = w + n * K;
-    float s[M][1] = {};
-    for (int64_t k = 0; k < K; ++k) {
-      const float wk = static_cast<float>(wr[k]);
-      for (int m = 0; m < M; ++m) s[m][0] += wk * x[m * K + k];
+// The K % step tail of the vector loops, in x's original order (the permuted layouts keep the tail as is).
+template <typename T, typename X, int M, int R>
+inline void dot_tail(const X* x, const T* w, int64_t K, int64_t k, float (&s)[M][R]) {
+  for (; k < K; ++k)
+    for (int r = 0; r < R; ++r) {
+      const float wk = static_cast<float>(w[r * K + k]);
+      for (int m = 0; m < M; ++m) s[m][r] += wk * static_cast<float>(x[m * K + k]);
     }
-    store<T, M, 1>(s, bias, y, N, n);
-  }
 }
+
+// Each kernel: s[m][r] = x[m, :] . w[r, :] for R consecutive rows of W starting at w; `ahead` is how far ahead
+// (in elements) W is prefetched. X is the type x is handed over in (fp32, or bf16 for vdpbf16ps).
+struct ScalarKernel {
+  using X = float;
+  template <typename T, int M>
+  static constexpr int rows_per_step() { return 1; }
+  template <typename T, int M, int R>
+  static void dot(const float* x, const T* w, int64_t K, int64_t, float (&s)[M][R]) {
+    for (int m = 0; m < M; ++m)
+      for (int r = 0; r < R; ++r) s[m][r] = 0.0f;
+    dot_tail<T, float, M, R>(x, w, K, 0, s);
+  }
+};
 
 #ifdef DSCHAT_SKINNY_AVX2
 __attribute__((target("avx2"))) inline float hsum(__m256 v) {
@@ -79,96 +112,181 @@ __attribute__((target("avx2"))) inline float hsum(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
-// s[m][r] = x[m, :] . w[r, :] for R consecutive rows of W starting at w.
 // bf16: a 32-bit lane of 16 loaded bf16 holds elements 2i (low half) and 2i+1 (high half); a shift and a mask
 // make both exact fp32 vectors (2 ALU ops per 16 weights, half of widening 8 at a time, which bound the loop).
-// x is pre-permuted to match: each full block of 16 stores its even elements, then its odd ones (bf16_x_layout).
-template <typename T, int M, int R>
-__attribute__((target("avx2,fma"))) void dot_avx2(const float* x, const T* w, int64_t K, int64_t ahead,
-                                                  float (&s)[M][R]) {
-  constexpr bool kBf16 = std::is_same_v<T, c10::BFloat16>;
-  constexpr int kStep = kBf16 ? 16 : 8;
-  __m256 acc[M][R];
-#pragma GCC unroll 8
-  for (int m = 0; m < M; ++m)
-#pragma GCC unroll 8
-    for (int r = 0; r < R; ++r) acc[m][r] = _mm256_setzero_ps();
-  int64_t k = 0;
-  for (; k + kStep <= K; k += kStep) {
-    __m256 wv[R][kStep / 8];
-#pragma GCC unroll 8
-    for (int r = 0; r < R; ++r) {
-      // W `ahead` elements on: with M > 1 the loop does too much work per byte for the out-of-order window alone
-      // to keep enough of W's cache misses in flight. Into L2, not L1, where it would evict x (measured at M = 8
-      // on the LM head: 10.5 ms with T0, 6.4 ms with T1, 9-13 ms without prefetching).
-      _mm_prefetch(reinterpret_cast<const char*>(w + ahead + r * K + k), _MM_HINT_T1);
-      if constexpr (kBf16) {
-        const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + r * K + k));
-        wv[r][0] = _mm256_castsi256_ps(_mm256_slli_epi32(raw, 16));
-        wv[r][1] = _mm256_castsi256_ps(_mm256_and_si256(raw, _mm256_set1_epi32(static_cast<int>(0xFFFF0000u))));
-      } else {
-        wv[r][0] = _mm256_loadu_ps(w + r * K + k);
-      }
-    }
-#pragma GCC unroll 2
-    for (int h = 0; h < kStep / 8; ++h)
-#pragma GCC unroll 8
-      for (int m = 0; m < M; ++m) {
-        const __m256 xv = _mm256_loadu_ps(x + m * K + k + 8 * h);
-#pragma GCC unroll 8
-        for (int r = 0; r < R; ++r) acc[m][r] = _mm256_fmadd_ps(wv[r][h], xv, acc[m][r]);
-      }
-  }
-  for (int m = 0; m < M; ++m)
-    for (int r = 0; r < R; ++r) s[m][r] = hsum(acc[m][r]);
-  for (; k < K; ++k)  // K % kStep tail, in x's original order
-    for (int r = 0; r < R; ++r) {
-      const float wk = static_cast<float>(w[r * K + k]);
-      for (int m = 0; m < M; ++m) s[m][r] += wk * x[m * K + k];
-    }
-}
+// x is pre-permuted to match: each full block of 16 stores its even elements, then its odd ones (x_layout).
+struct Avx2Kernel {
+  using X = float;
+  template <typename T, int M>
+  static constexpr int rows_per_step() { return avx2_rows_per_step<T, M>(); }
 
-template <typename T, int M>
-__attribute__((target("avx2,fma"))) void rows_avx2(const float* x, const T* w, const T* bias, T* y, int64_t K,
-                                                   int64_t N, int64_t n0, int64_t n1) {
-  constexpr int R = rows_per_step<T, M>();
+  template <typename T, int M, int R>
+  __attribute__((target("avx2,fma"))) static void dot(const float* x, const T* w, int64_t K, int64_t ahead,
+                                                      float (&s)[M][R]) {
+    constexpr bool kBf16 = std::is_same_v<T, c10::BFloat16>;
+    constexpr int kStep = kBf16 ? 16 : 8;
+    __m256 acc[M][R];
+#pragma GCC unroll 8
+    for (int m = 0; m < M; ++m)
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) acc[m][r] = _mm256_setzero_ps();
+    int64_t k = 0;
+    for (; k + kStep <= K; k += kStep) {
+      __m256 wv[R][kStep / 8];
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) {
+        // W `ahead` elements on: with M > 1 the loop does too much work per byte for the out-of-order window
+        // alone to keep enough of W's cache misses in flight. Into L2, not L1, where it would evict x (measured
+        // at M = 8 on the LM head: 10.5 ms with T0, 6.4 ms with T1, 9-13 ms without prefetching).
+        _mm_prefetch(reinterpret_cast<const char*>(w + ahead + r * K + k), _MM_HINT_T1);
+        if constexpr (kBf16) {
+          const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + r * K + k));
+          wv[r][0] = _mm256_castsi256_ps(_mm256_slli_epi32(raw, 16));
+          wv[r][1] = _mm256_castsi256_ps(_mm256_and_si256(raw, _mm256_set1_epi32(static_cast<int>(0xFFFF0000u))));
+        } else {
+          wv[r][0] = _mm256_loadu_ps(w + r * K + k);
+        }
+      }
+#pragma GCC unroll 2
+      for (int h = 0; h < kStep / 8; ++h)
+#pragma GCC unroll 8
+        for (int m = 0; m < M; ++m) {
+          const __m256 xv = _mm256_loadu_ps(x + m * K + k + 8 * h);
+#pragma GCC unroll 8
+          for (int r = 0; r < R; ++r) acc[m][r] = _mm256_fmadd_ps(wv[r][h], xv, acc[m][r]);
+        }
+    }
+    for (int m = 0; m < M; ++m)
+      for (int r = 0; r < R; ++r) s[m][r] = hsum(acc[m][r]);
+    dot_tail<T, float, M, R>(x, w, K, k, s);
+  }
+};
+
+// AVX-512F: fp32 16 at a time; bf16 widened as in Avx2Kernel, 32 at a time (x permuted per block of 32).
+struct Avx512Kernel {
+  using X = float;
+  template <typename T, int M>
+  static constexpr int rows_per_step() {
+    return std::is_same_v<T, float> ? avx512_rows_per_step<M>() : avx512_widen_rows_per_step<M>();
+  }
+
+  template <typename T, int M, int R>
+  __attribute__((target("avx512f,avx512bw"))) static void dot(const float* x, const T* w, int64_t K,
+                                                              int64_t ahead, float (&s)[M][R]) {
+    constexpr bool kBf16 = std::is_same_v<T, c10::BFloat16>;
+    constexpr int kStep = kBf16 ? 32 : 16;
+    __m512 acc[M][R];
+#pragma GCC unroll 8
+    for (int m = 0; m < M; ++m)
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) acc[m][r] = _mm512_setzero_ps();
+    int64_t k = 0;
+    for (; k + kStep <= K; k += kStep) {
+      __m512 wv[R][kStep / 16];
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) {
+        _mm_prefetch(reinterpret_cast<const char*>(w + ahead + r * K + k), _MM_HINT_T1);  // one line per load
+        if constexpr (kBf16) {
+          const __m512i raw = _mm512_loadu_si512(w + r * K + k);
+          wv[r][0] = _mm512_castsi512_ps(_mm512_slli_epi32(raw, 16));
+          wv[r][1] = _mm512_castsi512_ps(_mm512_and_si512(raw, _mm512_set1_epi32(static_cast<int>(0xFFFF0000u))));
+        } else {
+          wv[r][0] = _mm512_loadu_ps(w + r * K + k);
+        }
+      }
+#pragma GCC unroll 2
+      for (int h = 0; h < kStep / 16; ++h)
+#pragma GCC unroll 8
+        for (int m = 0; m < M; ++m) {
+          const __m512 xv = _mm512_loadu_ps(x + m * K + k + 16 * h);
+#pragma GCC unroll 8
+          for (int r = 0; r < R; ++r) acc[m][r] = _mm512_fmadd_ps(wv[r][h], xv, acc[m][r]);
+        }
+    }
+    for (int m = 0; m < M; ++m)
+      for (int r = 0; r < R; ++r) s[m][r] = _mm512_reduce_add_ps(acc[m][r]);
+    dot_tail<T, float, M, R>(x, w, K, k, s);
+  }
+};
+
+// AVX-512-BF16: vdpbf16ps multiplies 16 pairs of bf16 (exact products) and adds both into fp32 lanes, so x stays
+// bf16 in its own order and W is used as loaded: one instruction per 32 weights and x row. The K % 32 tail is a
+// zero-filled masked load of both operands.
+struct Avx512Bf16Kernel {
+  using X = c10::BFloat16;
+  template <typename T, int M>
+  static constexpr int rows_per_step() { return avx512_rows_per_step<M>(); }
+
+  // 32 elements (those in `mask`) of every x row and R rows of W from column k on.
+  template <int M, int R>
+  __attribute__((target("avx512f,avx512bw,avx512bf16"), always_inline)) static inline void step(
+      const c10::BFloat16* x, const c10::BFloat16* w, int64_t K, int64_t k, int64_t ahead, __mmask32 mask,
+      __m512 (&acc)[M][R]) {
+    __m512bh wv[R];
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      _mm_prefetch(reinterpret_cast<const char*>(w + ahead + r * K + k), _MM_HINT_T1);
+      wv[r] = (__m512bh)_mm512_maskz_loadu_epi16(mask, w + r * K + k);
+    }
+#pragma GCC unroll 8
+    for (int m = 0; m < M; ++m) {
+      const __m512bh xv = (__m512bh)_mm512_maskz_loadu_epi16(mask, x + m * K + k);
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) acc[m][r] = _mm512_dpbf16_ps(acc[m][r], wv[r], xv);
+    }
+  }
+
+  template <typename T, int M, int R>
+  __attribute__((target("avx512f,avx512bw,avx512bf16"))) static void dot(const c10::BFloat16* x, const T* w,
+                                                                         int64_t K, int64_t ahead,
+                                                                         float (&s)[M][R]) {
+    static_assert(std::is_same_v<T, c10::BFloat16>, "vdpbf16ps takes bf16 weights");
+    __m512 acc[M][R];
+#pragma GCC unroll 8
+    for (int m = 0; m < M; ++m)
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) acc[m][r] = _mm512_setzero_ps();
+    int64_t k = 0;
+    for (; k + 32 <= K; k += 32) step<M, R>(x, w, K, k, ahead, ~__mmask32{0}, acc);
+    if (k < K) step<M, R>(x, w, K, k, ahead, static_cast<__mmask32>((uint64_t{1} << (K - k)) - 1), acc);
+    for (int m = 0; m < M; ++m)
+      for (int r = 0; r < R; ++r) s[m][r] = _mm512_reduce_add_ps(acc[m][r]);
+  }
+};
+#endif
+
+// Rows [n0, n1) of W against M rows of x: R rows of W at a time, then the rest one by one.
+template <class Kernel, typename T, int M>
+void rows(const typename Kernel::X* x, const T* w, const T* bias, T* y, int64_t K, int64_t N, int64_t n0,
+          int64_t n1) {
+  constexpr int R = Kernel::template rows_per_step<T, M>();
   // Prefetch whole blocks of R rows, at least kPrefetchBytes ahead (4-64 KB measured alike).
   const int64_t block = R * K;
   const int64_t ahead = (kPrefetchBytes / static_cast<int64_t>(sizeof(T)) + block - 1) / block * block;
   int64_t n = n0;
   for (; n + R <= n1; n += R) {
     float s[M][R];
-    dot_avx2<T, M, R>(x, w + n * K, K, ahead, s);
+    Kernel::template dot<T, M, R>(x, w + n * K, K, ahead, s);
     store<T, M, R>(s, bias, y, N, n);
   }
   for (; n < n1; ++n) {
     float s[M][1];
-    dot_avx2<T, M, 1>(x, w + n * K, K, ahead, s);
+    Kernel::template dot<T, M, 1>(x, w + n * K, K, ahead, s);
     store<T, M, 1>(s, bias, y, N, n);
   }
 }
-#endif
 
-// Rows [n0, n1) of W against m (<= kMaxPass) rows of x; x and y point at the pass's first row.
-template <typename T>
-void pass(int m, bool avx2, const float* x, const T* w, const T* bias, T* y, int64_t K, int64_t N, int64_t n0,
-          int64_t n1) {
-  using Fn = void (*)(const float*, const T*, const T*, T*, int64_t, int64_t, int64_t, int64_t);
-  static constexpr Fn scalar[kMaxPass] = {rows_scalar<T, 1>, rows_scalar<T, 2>, rows_scalar<T, 3>,
-                                          rows_scalar<T, 4>, rows_scalar<T, 5>, rows_scalar<T, 6>,
-                                          rows_scalar<T, 7>, rows_scalar<T, 8>};
-#ifdef DSCHAT_SKINNY_AVX2
-  static constexpr Fn vector[kMaxPass] = {rows_avx2<T, 1>, rows_avx2<T, 2>, rows_avx2<T, 3>, rows_avx2<T, 4>,
-                                          rows_avx2<T, 5>, rows_avx2<T, 6>, rows_avx2<T, 7>, rows_avx2<T, 8>};
-  if (avx2) return vector[m - 1](x, w, bias, y, K, N, n0, n1);
-#endif
-  (void)avx2;
-  scalar[m - 1](x, w, bias, y, K, N, n0, n1);
+template <class Kernel, typename T>
+using RowsFn = void (*)(const typename Kernel::X*, const T*, const T*, T*, int64_t, int64_t, int64_t, int64_t);
+
+template <class Kernel, typename T, int... Ms>
+constexpr std::array<RowsFn<Kernel, T>, sizeof...(Ms)> rows_table(std::integer_sequence<int, Ms...>) {
+  return {rows<Kernel, T, Ms + 1>...};
 }
 
-template <typename T>
-void run(const float* x, const T* w, const T* bias, T* y, int64_t M, int64_t K, int64_t N) {
-  const bool avx2 = has_avx2();
+template <class Kernel, typename T>
+void run(const typename Kernel::X* x, const T* w, const T* bias, T* y, int64_t M, int64_t K, int64_t N) {
+  static constexpr auto passes = rows_table<Kernel, T>(std::make_integer_sequence<int, kMaxPass>());
   const int64_t row_bytes = K * static_cast<int64_t>(sizeof(T));
   // A task reads at least ~256 KB of W, so small layers are not split into tasks that cost more than they do.
   const int64_t grain = std::max<int64_t>(1, (int64_t{256} << 10) / row_bytes);
@@ -179,7 +297,7 @@ void run(const float* x, const T* w, const T* bias, T* y, int64_t M, int64_t K, 
       const int64_t t1 = std::min(end, t0 + tile);
       for (int64_t m0 = 0; m0 < M; m0 += kMaxPass) {
         const int m = static_cast<int>(std::min<int64_t>(kMaxPass, M - m0));
-        pass<T>(m, avx2, x + m0 * K, w, bias, y + m0 * N, K, N, t0, t1);
+        passes[m - 1](x + m0 * K, w, bias, y + m0 * N, K, N, t0, t1);
       }
     }
   });
@@ -194,6 +312,8 @@ constexpr int64_t kMaxRowsFloat = 12;
 // upcast GEMM (fast_linear's other bf16 path) up to 32 rows for every shape ([768, 3072] at 32: 2.6 vs 2.4 ms);
 // at 48 rows the upcast GEMM wins on the block matrices (2.7 vs 4.0 ms), not yet on the LM head.
 constexpr int64_t kMaxRowsBf16 = 32;
+// bf16 against oneDNN's bf16 GEMM (AVX-512 CPUs): see kMaxRowsBf16OneDnn's measurement below.
+constexpr int64_t kMaxRowsBf16OneDnn = 32;
 
 // LibTorch's CPU bf16 GEMM is oneDNN's where oneDNN has bf16 kernels (AVX-512 BW/VL/DQ, AMX, AVX2-VNNI-2);
 // elsewhere ATen runs a generic loop, ~7x slower than fp32 sgemm (Zen 3, 2 threads: 5 vs 40 GFLOP/s). Only
@@ -208,25 +328,79 @@ bool torch_has_fast_bf16() {
 #endif
 }
 
-// Where oneDNN has bf16 kernels, fast_linear leaves bf16 to it: the kernel's gains there did not show end to end
-// (bench_generate, Zen 4, batch 8: 1.23x -> 1.28x HF, inside the run-to-run noise) and its different summation
-// order moved bf16 greedy tokens off transformers' (93.4% agreement instead of 100%).
-bool worth_it(at::ScalarType dtype, int64_t M) {
-  if (dtype == at::kFloat) return M <= kMaxRowsFloat;
-  return dtype == at::kBFloat16 && !torch_has_fast_bf16() && M <= kMaxRowsBf16;
+int64_t max_rows(at::ScalarType dtype) {
+  if (dtype == at::kFloat) return kMaxRowsFloat;
+  if (dtype != at::kBFloat16) return 0;
+  return torch_has_fast_bf16() ? kMaxRowsBf16OneDnn : kMaxRowsBf16;
 }
 
-// The AVX2 bf16 loop's order of x (dot_avx2): per full block of 16, even elements then odd; the tail as is.
-at::Tensor bf16_x_layout(const at::Tensor& xf) {
-  const int64_t M = xf.size(0), K = xf.size(1), body = K / 16 * 16;
+// The order of x that a widening bf16 loop expects: per full block of `block` elements (16 for AVX2, 32 for
+// AVX-512F), the even elements then the odd ones; the tail as is.
+at::Tensor widened_bf16_x_layout(const at::Tensor& xf, int64_t block) {
+  const int64_t M = xf.size(0), K = xf.size(1), body = K / block * block;
   if (body == 0) return xf;
-  auto blocks = xf.narrow(1, 0, body).view({M, body / 16, 8, 2}).transpose(2, 3).reshape({M, body});
+  auto blocks = xf.narrow(1, 0, body).view({M, body / block, block / 2, 2}).transpose(2, 3).reshape({M, body});
   return body == K ? blocks : at::cat({blocks, xf.narrow(1, body, K - body)}, 1);
+}
+
+template <class Kernel, typename T>
+void run_on(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, at::Tensor& y) {
+  const int64_t N = weight.size(0), K = weight.size(1), M = x.numel() / K;
+  at::Tensor xk;
+  if constexpr (std::is_same_v<typename Kernel::X, float>) {
+    xk = x.reshape({M, K}).to(at::kFloat).contiguous();  // a copy only for bf16 or strided input
+    if (std::is_same_v<T, c10::BFloat16> && !std::is_same_v<Kernel, ScalarKernel>)
+      xk = widened_bf16_x_layout(xk, std::is_same_v<Kernel, Avx2Kernel> ? 16 : 32);
+  } else {
+    xk = x.reshape({M, K}).contiguous();
+  }
+  run<Kernel, T>(xk.data_ptr<typename Kernel::X>(), weight.data_ptr<T>(),
+                 bias.defined() ? bias.data_ptr<T>() : nullptr, y.data_ptr<T>(), M, K, N);
+}
+
+template <typename T>
+void run_isa(SkinnyIsa isa, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, at::Tensor& y) {
+  switch (isa) {
+#ifdef DSCHAT_SKINNY_AVX2
+    case SkinnyIsa::kAvx512Bf16:
+      if constexpr (std::is_same_v<T, c10::BFloat16>) return run_on<Avx512Bf16Kernel, T>(x, weight, bias, y);
+      [[fallthrough]];  // fp32 has nothing to pair: the AVX-512F loop
+    case SkinnyIsa::kAvx512: return run_on<Avx512Kernel, T>(x, weight, bias, y);
+    case SkinnyIsa::kAvx2: return run_on<Avx2Kernel, T>(x, weight, bias, y);
+#endif
+    default: return run_on<ScalarKernel, T>(x, weight, bias, y);
+  }
 }
 
 }  // namespace
 
+const char* skinny_isa_name(SkinnyIsa isa) {
+  switch (isa) {
+    case SkinnyIsa::kScalar: return "scalar";
+    case SkinnyIsa::kAvx2: return "avx2";
+    case SkinnyIsa::kAvx512: return "avx512";
+    case SkinnyIsa::kAvx512Bf16: return "avx512-bf16";
+  }
+  return "?";
+}
+
+bool skinny_isa_supported(SkinnyIsa isa) { return cpu_has(isa); }
+
+SkinnyIsa skinny_best_isa() {
+  static const SkinnyIsa best = [] {
+    for (auto isa : {SkinnyIsa::kAvx512Bf16, SkinnyIsa::kAvx512, SkinnyIsa::kAvx2})
+      if (cpu_has(isa)) return isa;
+    return SkinnyIsa::kScalar;
+  }();
+  return best;
+}
+
 at::Tensor skinny_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
+  return skinny_linear(skinny_best_isa(), x, weight, bias);
+}
+
+at::Tensor skinny_linear(SkinnyIsa isa, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
+  TORCH_CHECK(cpu_has(isa), "skinny_linear: this CPU cannot run the ", skinny_isa_name(isa), " kernel");
   TORCH_CHECK(x.device().is_cpu() && weight.device().is_cpu(), "skinny_linear: CPU tensors only");
   const auto dtype = weight.scalar_type();
   TORCH_CHECK(dtype == at::kFloat || dtype == at::kBFloat16, "skinny_linear: weight must be fp32 or bf16, got ",
@@ -246,24 +420,13 @@ at::Tensor skinny_linear(const at::Tensor& x, const at::Tensor& weight, const at
   const int64_t M = K == 0 ? 0 : x.numel() / K;
   if (M == 0 || N == 0) return y;
   if (K == 0) return bias.defined() ? y.copy_(bias.expand_as(y)) : y.zero_();
-  auto xf = x.reshape({M, K}).to(at::kFloat).contiguous();  // a copy only for bf16 or strided input
-  if (dtype == at::kBFloat16 && has_avx2()) xf = bf16_x_layout(xf);
   const auto b = bias.defined() ? bias.contiguous() : bias;
-  if (dtype == at::kFloat) {
-    run<float>(xf.data_ptr<float>(), weight.data_ptr<float>(), b.defined() ? b.data_ptr<float>() : nullptr,
-               y.data_ptr<float>(), M, K, N);
-  } else {
-    using BF = c10::BFloat16;
-    run<BF>(xf.data_ptr<float>(), weight.data_ptr<BF>(), b.defined() ? b.data_ptr<BF>() : nullptr,
-            y.data_ptr<BF>(), M, K, N);
-  }
+  if (dtype == at::kFloat) run_isa<float>(isa, x, weight, b, y);
+  else run_isa<c10::BFloat16>(isa, x, weight, b, y);
   return y;
 }
 
-int64_t skinny_linear_max_rows(at::ScalarType dtype) {
-  if (dtype == at::kFloat) return kMaxRowsFloat;
-  return dtype == at::kBFloat16 && !torch_has_fast_bf16() ? kMaxRowsBf16 : 0;
-}
+int64_t skinny_linear_max_rows(at::ScalarType dtype) { return has_avx2() ? max_rows(dtype) : 0; }
 
 namespace {
 bool needs_grad(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
@@ -280,7 +443,7 @@ bool use_skinny_linear(const at::Tensor& x, const at::Tensor& weight, const at::
   const int64_t K = weight.size(1);
   if (K == 0 || x.size(-1) != K) return false;
   const int64_t M = x.numel() / K;
-  if (M < 1 || !worth_it(dtype, M)) return false;
+  if (M < 1 || M > max_rows(dtype)) return false;
   if (bias.defined() && (!bias.device().is_cpu() || bias.scalar_type() != dtype || bias.dim() != 1 ||
                          bias.size(0) != weight.size(0)))
     return false;

@@ -14,9 +14,18 @@
 
 namespace dschat {
 
+// The vector instruction sets the kernel has a loop for; the best one the CPU has is used unless one is named
+// (tests and benchmarks run every loop the machine can).
+enum class SkinnyIsa { kScalar, kAvx2, kAvx512, kAvx512Bf16 };
+DSCHAT_SDK_API const char* skinny_isa_name(SkinnyIsa isa);
+DSCHAT_SDK_API bool skinny_isa_supported(SkinnyIsa isa);
+DSCHAT_SDK_API SkinnyIsa skinny_best_isa();
+
 // The kernel: x [..., K], weight [N, K] contiguous, bias [N] or undefined, all CPU and all fp32 or all bf16.
 // Any number of rows works; rows past 8 are done in chunks of 8 over cache-resident tiles of W. No autograd.
 DSCHAT_SDK_API at::Tensor skinny_linear(const at::Tensor& x, const at::Tensor& weight,
+                                        const at::Tensor& bias = at::Tensor());
+DSCHAT_SDK_API at::Tensor skinny_linear(SkinnyIsa isa, const at::Tensor& x, const at::Tensor& weight,
                                         const at::Tensor& bias = at::Tensor());
 
 // Whether fast_linear would run skinny_linear for these arguments: CPU with AVX2+FMA, supported dtypes and
