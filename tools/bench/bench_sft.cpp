@@ -1,12 +1,19 @@
 // Times SFT training steps (forward, causal-LM loss, backward, clip, AdamW, schedule) through the SDK's local
-// engine on a model plugin with random weights: dschat's half of bench_sft_train.py.
+// engine on a model plugin: dschat's half of bench_sft_train.py.
 //
-//   bench_sft PLUGIN.so CONFIG.json BATCH TOKENS DTYPE(f32|bf16) STEPS THREADS [checkpointing 0|1]
+//   bench_sft PLUGIN.so CONFIG BATCH TOKENS DTYPE(f32|bf16) STEPS THREADS [checkpointing 0|1]
 //
-// Prints one JSON line: {"dtype":..., "median_ms":..., "min_ms":..., "tokens_per_s":..., "losses":[...]}.
+// CONFIG is a config.json (random weights, at::manual_seed(0)) or an HF model folder with safetensors, whose
+// weights are loaded (converted to DTYPE) so that a Python loop can start from the same ones. The batch is
+// at::randint(3, vocab, {BATCH, TOKENS}) right after at::manual_seed(0): the same ids as Python's
+// torch.randint(3, vocab, (BATCH, TOKENS), generator=torch.Generator().manual_seed(0)).
+//
+// Prints one JSON line: {"dtype":..., "median_ms":..., "min_ms":..., "tokens_per_s":..., "losses":[...],
+// "weights": "loaded" | "random", ...}.
 
 #include <algorithm>
 #include <chrono>
+#include <filesystem>
 #include <iostream>
 
 #include <ATen/ATen.h>
@@ -42,8 +49,12 @@ int main(int argc, char** argv) try {
   auto document = ConfigDocument::parse_string("", "bench", ".");
   auto family = registry.create_from_library<ModelFamily>(plugin, document->root());
 
+  const std::filesystem::path source = argv[2];
+  const bool load = std::filesystem::is_directory(source) &&
+                    (std::filesystem::exists(source / "model.safetensors") ||
+                     std::filesystem::exists(source / "model.safetensors.index.json"));
   at::manual_seed(0);
-  auto model = family->build(config, {.dtype = dtype});
+  auto model = load ? family->from_pretrained(source, {.dtype = dtype}) : family->build(config, {.dtype = dtype});
   OptimizerOptions options;
   options.learning_rate = 1e-5;  // small: the timing must not depend on where training goes
   options.lr_scheduler = "cosine";
@@ -51,6 +62,7 @@ int main(int argc, char** argv) try {
   options.gradient_checkpointing = checkpointing;
   auto engine = make_local_engine(model, model, options, at::kCPU, "bench");
   engine->train(true);
+  at::manual_seed(0);  // the batch does not depend on how many random numbers building the model drew
   auto ids = at::randint(3, model->dims().vocab_size, {batch, tokens}, at::kLong);
   auto mask = at::ones({batch, tokens}, at::kLong);
   std::vector<double> ms;
@@ -84,6 +96,7 @@ int main(int argc, char** argv) try {
                         {"min_ms", ms.front()},
                         {"tokens_per_s", static_cast<double>(batch * tokens) / (ms[ms.size() / 2] / 1e3)},
                         {"losses", losses},
+                        {"weights", load ? "loaded" : "random"},
                         {"forward_ms", forward_ms},
                         {"backward_ms", backward_ms},
                         {"optimizer_ms", step_ms},
