@@ -17,8 +17,13 @@ ppo_trainer.py written out as plain PyTorch on transformers models, one process,
 torch.optim.AdamW gets torch's defaults on CPU (fused=False, foreach=False: the per-tensor loop an ordinary
 training script runs); --python-fused gives it fused=True (the kernel class dschat's engine uses).
 
+--dtype bf16 loads all four models in bf16 on both sides ([models.*] dtype = "bf16" for dschat,
+from_pretrained(dtype=torch.bfloat16) here); the trained ones step fp32 master weights on both sides (dschat's
+engine; here gradients are copied to fp32 masters, AdamW steps them and the weights are copied back, as
+DeepSpeed's bf16 optimizer does).
+
 The dschat side is `build/bin/dschat run` of a generated pipeline: [models.sft] and [models.rm] (the folders
-below, fp32), no SFT/RM stages, one `ppo` stage with actor = "sft", critic = "rm" (reference and reward default
+below), no SFT/RM stages, one `ppo` stage with actor = "sft", critic = "rm" (reference and reward default
 to them), per_device_generation_batch_size = per_device_training_batch_size = --batch, ppo_epochs 1,
 generation_batches 1, max_steps = --iterations (one rollout and one actor + critic step per iteration),
 generation = kv-cache with the same sampling (top_k 50, min_new_tokens = max_new_tokens = --new), no held-out
@@ -27,20 +32,40 @@ time/generation_s, time/experience_s, time/training_s (stage_dir/metrics.jsonl).
 includes its generation-vs-training log-probs consistency check (a training-path forward of
 consistency_sample_rows = 2 rows), which DeepSpeed-Chat does not have; it is left on, as dschat runs by default.
 
+dschat rows (--rows; all by default), so that each gain is attributed:
+  dschat            as `dschat run` runs by default: caching CPU allocator, reuse_experience_forwards = true (the
+                    first training micro-batch trains through its experience forwards)
+  dschat-system     DSCHAT_CPU_ALLOCATOR=system: LibTorch's own CPU allocator (what the cache gains)
+  dschat-noreuse    the stage key reuse_experience_forwards = false: the actor and critic forwards run again in
+                    training, as DeepSpeed-Chat does (what the reuse gains)
+  python            the plain PyTorch PPO, glibc malloc
+  python-jemalloc   the same with LD_PRELOAD=libjemalloc.so.2 (not in the default rows)
+Every row runs as its own child process; os.wait4 on it gives that child's own peak RSS (ru_maxrss).
+
 Both sides load the same weights: two random OPT models (--shape; actor/reference = "sft", critic/reward = "rm")
-written once with save_pretrained, the rm folder in dschat's reward-model layout (value_head.safetensors with
-v_head.weight [1, hidden] + reward_model.json), both with the quickstart byte-level BPE tokenizer
+written once with save_pretrained (fp32), the rm folder in dschat's reward-model layout (value_head.safetensors
+with v_head.weight [1, hidden] + reward_model.json), both with the quickstart byte-level BPE tokenizer
 (configs/quickstart/model; bos = eos = pad = id 0, as the quickstart's OPT). For the 50272-token shapes the
 tokenizer only encodes the prompts (its ids are < 640); sampled ids cover the model's whole vocabulary. Prompts
 are texts that this tokenizer encodes to exactly --prompt tokens (BOS included), so no row is padded on either
 side, and both sides make exactly --new answer tokens per row (eos is suppressed until then): the same shapes,
-the same work. Dropout is 0 (DeepSpeed-Chat's scripts disable it). Both sides run fp32 on --threads threads
-(torch.set_num_threads here; OMP_NUM_THREADS / MKL_NUM_THREADS for dschat).
+the same work. Dropout is 0 (DeepSpeed-Chat's scripts disable it). Both sides run on --threads threads
+(torch.set_num_threads in the Python child; OMP_NUM_THREADS / MKL_NUM_THREADS for dschat).
 
-Each side runs --iterations iterations; the first is warm-up (allocator, Adam state creation) and is printed
-separately. The table keeps, per phase, the fastest of the other iterations (over --rounds rounds, in which the two
-sides alternate: a busy machine slows both alike), and for "iteration" the fastest whole iteration; every
-iteration's total is printed too. Ratios are python / dschat (> 1: dschat is faster).
+Each row runs --iterations iterations; the first is warm-up (allocator, Adam state creation) and is printed
+separately. The table keeps, per phase, the fastest of the other iterations (over --rounds rounds, in which the
+rows alternate: a busy machine slows all alike), and for "iteration" the fastest whole iteration; every
+iteration's total is printed too. Ratios are python / dschat (> 1: dschat is faster) and, for the attribution,
+the variant without the feature / dschat (> 1: the feature helps).
+
+--scaling: the iteration time of dschat (default row) and the Python baseline across batch 1/8/32 x prompt
+64/256/1024 (--scaling-batches, --scaling-prompts), --new answer tokens (default 32), the 'small' shape unless
+--shape says otherwise, --scaling-iterations iterations per cell (1 warm-up). Before each cell the FLOPs
+(11 forward-equivalents of the base model, 6 of the LM head, attention in full) are set against the GEMM peak
+measured at the top at --assumed-efficiency, and the memory the side needs (activations ~17 x batch x length x
+hidden x layers elements; the Python side also ~4 [batch, length, vocab] logits-sized tensors, where dschat's
+LM head runs on answer positions only) against MemAvailable; a side estimated over --max-cell-s seconds or over
+85 % of the available memory is skipped with the estimate printed.
 
 Shapes (--shape): 125m = OPT-125m (hidden 768, 12 layers, 12 heads, ffn 3072, vocab 50272); small = hidden 512,
 6 layers, 8 heads, ffn 2048, vocab 50272; tiny = the quickstart model (hidden 128, 2 layers, 4 heads, ffn 512,
@@ -48,7 +73,11 @@ vocab 640).
 
 Usage (from the repository root, after tools/build.sh):
   .venv/bin/python tools/bench/bench_ppo.py [--build build] [--shape 125m|small|tiny] [--batch 4] [--prompt 32]
-      [--new 32] [--iterations 3] [--rounds 1] [--threads N] [--python-fused] [--keep DIR]
+      [--new 32] [--iterations 3] [--rounds 1] [--threads N] [--dtype fp32|bf16] [--python-fused]
+      [--rows dschat,dschat-system,dschat-noreuse,python] [--keep DIR]
+  .venv/bin/python tools/bench/bench_ppo.py --scaling [--shape small] [--new 32] [--scaling-iterations 2]
+      [--scaling-batches 1,8,32] [--scaling-prompts 64,256,1024] [--max-cell-s 900] [--dtype fp32|bf16]
+      [--estimate-only]
 """
 import argparse
 import json
@@ -61,11 +90,16 @@ import sys
 import tempfile
 import time
 
-import torch
-from safetensors.torch import save_file, load_file
-from tokenizers import Tokenizer
-from transformers import OPTConfig, OPTForCausalLM, OPTModel
-from transformers.utils import logging as hf_logging
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import torch  # noqa: E402
+from safetensors.torch import save_file, load_file  # noqa: E402
+from tokenizers import Tokenizer  # noqa: E402
+from transformers import OPTConfig, OPTForCausalLM, OPTModel  # noqa: E402
+from transformers.utils import logging as hf_logging  # noqa: E402
+
+import machine  # noqa: E402
 
 SHAPES = {
     "125m": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, ffn_dim=3072, vocab_size=50272),
@@ -75,6 +109,10 @@ SHAPES = {
 PHASES = ("generation", "experience", "training")
 PAD = 0  # the quickstart tokenizer's <|endoftext|>: bos = eos = pad, as DeepSpeed-Chat sets pad = eos
 NO_DECAY = ["bias", "layer_norm.weight", "layernorm.weight", "norm.weight", "ln_f.weight"]
+ROWS = ("dschat", "dschat-system", "dschat-noreuse", "python", "python-jemalloc")
+DEFAULT_ROWS = "dschat,dschat-system,dschat-noreuse,python"
+LABELS = {"dschat": "dschat", "dschat-system": "system-alloc", "dschat-noreuse": "no-reuse", "python": "python",
+          "python-jemalloc": "py-jemalloc"}
 
 # DeepSpeed-Chat's PPO constants (dschat's defaults too).
 KL_CTL, CLIP_REWARD, CLIPRANGE, CLIPRANGE_VALUE, GAMMA, LAM = 0.1, 5.0, 0.2, 0.2, 1.0, 0.95
@@ -116,23 +154,26 @@ def make_prompts(tokenizer, count, length, seed=0):
              "friend help question answer").split()
     rng = random.Random(seed)
     texts, ids = [], []
+
+    def encode(body):
+        text = " Human: " + " ".join(body) + " Assistant:"
+        return text, tokenizer.encode(text).ids
+
     while len(texts) < count:
         body = []
-        while True:  # add words until the text reaches the length; keep it only if it lands exactly on it
-            text = " Human: " + " ".join(body) + " Assistant:"
-            encoded = tokenizer.encode(text).ids
-            if len(encoded) >= length:
-                break
-            body.append(rng.choice(words))
-        if len(encoded) == length and text not in texts:
+        text, encoded = encode(body)
+        while len(encoded) < length:  # add words; many at a time while far from the length (a word is >= 1 token)
+            body += [rng.choice(words) for _ in range(max(1, (length - len(encoded)) // 4))]
+            text, encoded = encode(body)
+        if len(encoded) == length and text not in texts:  # keep it only if it lands exactly on the length
             texts.append(text)
             ids.append(encoded)
     return texts, torch.tensor(ids, dtype=torch.long)
 
 
-def write_pipeline(root, dirs, args):
+def write_pipeline(root, dirs, args, prompt_texts, name="bench.toml", reuse=True):
     with open(os.path.join(root, "prompts.jsonl"), "w") as out:
-        for text in args.prompt_texts:
+        for text in prompt_texts:
             out.write(json.dumps({"prompt": text, "response": " Fine.", "chosen": " Good.", "rejected": " Bad."}) + "\n")
     toml = f"""# Written by tools/bench/bench_ppo.py
 [pipeline]
@@ -142,11 +183,11 @@ seed = 1234
 
 [models.sft]
 path = "{dirs['sft']}"
-dtype = "fp32"
+dtype = "{args.dtype}"
 
 [models.rm]
 path = "{dirs['rm']}"
-dtype = "fp32"
+dtype = "{args.dtype}"
 
 [data]
 datasets = ["prompts.jsonl"]
@@ -167,26 +208,49 @@ per_device_training_batch_size = {args.batch}
 generation_batches = 1
 ppo_epochs = 1
 save_critic = false
+reuse_experience_forwards = {"true" if reuse else "false"}
 generation = {{ plugin = "kv-cache", max_new_tokens = {args.new}, min_new_tokens = {args.new}, do_sample = true, top_k = {TOP_K} }}
 """
-    path = os.path.join(root, "bench.toml")
+    path = os.path.join(root, name)
     with open(path, "w") as out:
         out.write(toml)
     return path
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# dschat
+# Children
 
-def dschat_run(dschat, toml, root, threads):
+def run_child(cmd, env, cwd=None):
+    """Runs cmd; (returncode, stdout, stderr, wall seconds, peak RSS of that child alone in MB)."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env, cwd=cwd, text=True)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        return proc.returncode, out.read(), err.read(), wall, usage.ru_maxrss / 1024
+
+
+def child_env(threads, allocator=None, preload=None):
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    env.pop("DSCHAT_CPU_ALLOCATOR", None)
+    env.pop("LD_PRELOAD", None)
+    if allocator:
+        env["DSCHAT_CPU_ALLOCATOR"] = allocator
+    if preload:
+        env["LD_PRELOAD"] = preload
+    return env
+
+
+def dschat_run(dschat, toml, root, threads, allocator=None):
+    """(per-iteration phase seconds, wall seconds, peak RSS MB) of one `dschat run`, or exits with its output."""
     run_dir = os.path.join(root, "run")
     shutil.rmtree(run_dir, ignore_errors=True)
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    start = time.perf_counter()
-    proc = subprocess.run([dschat, "run", toml], cwd=root, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - start
-    if proc.returncode != 0:
-        sys.exit(f"dschat run failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    rc, out, err, wall, rss = run_child([dschat, "run", toml], child_env(threads, allocator), cwd=root)
+    if rc != 0:
+        sys.exit(f"dschat run {os.path.basename(toml)} failed ({rc}):\n{out[-4000:]}\n{err[-4000:]}")
     per_step = {}
     with open(os.path.join(run_dir, "ppo", "metrics.jsonl")) as f:
         for line in f:
@@ -194,7 +258,21 @@ def dschat_run(dschat, toml, root, threads):
             tag = row["tag"]
             if tag.startswith("time/") and tag.endswith("_s"):
                 per_step.setdefault(row["step"], {})[tag[len("time/"):-len("_s")]] = float(row["value"])
-    return [per_step[s] for s in sorted(per_step)], wall
+    return [per_step[s] for s in sorted(per_step)], wall, rss
+
+
+def python_side(root, dirs, prompt_ids, args, preload=None):
+    """(per-iteration phase seconds, wall seconds, peak RSS MB) of the plain PPO in a child process."""
+    spec = os.path.join(root, "python_spec.json")
+    with open(spec, "w") as out:
+        json.dump({"dirs": dirs, "prompt_ids": prompt_ids.tolist(), "batch": args.batch, "prompt": args.prompt,
+                   "new": args.new, "iterations": args.iterations, "fused": args.python_fused,
+                   "dtype": args.dtype, "threads": args.threads}, out)
+    rc, out, err, wall, rss = run_child([sys.executable, os.path.abspath(__file__), "--child-python", spec],
+                                        child_env(args.threads, preload=preload))
+    if rc != 0:
+        sys.exit(f"the python PPO failed ({rc}):\n{out[-4000:]}\n{err[-4000:]}")
+    return json.loads(out.strip().splitlines()[-1]), wall, rss
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -208,11 +286,11 @@ def gather_log_probs(logits, labels):
 class RewardModel(torch.nn.Module):
     """DeepSpeed-Chat's utils/model/reward_model.py: base transformer + v_head, scores at the answer's end."""
 
-    def __init__(self, path):
+    def __init__(self, path, dtype):
         super().__init__()
-        self.rwtransformer = OPTModel.from_pretrained(path, dtype=torch.float32)
+        self.rwtransformer = OPTModel.from_pretrained(path, dtype=dtype)
         hidden = self.rwtransformer.config.word_embed_proj_dim
-        self.v_head = torch.nn.Linear(hidden, 1, bias=False)
+        self.v_head = torch.nn.Linear(hidden, 1, bias=False, dtype=dtype)
         self.v_head.weight.data.copy_(load_file(os.path.join(path, "value_head.safetensors"))["v_head.weight"])
 
     def forward_value(self, input_ids, attention_mask, return_value_only=False, prompt_length=0, use_cache=False):
@@ -229,35 +307,60 @@ class RewardModel(torch.nn.Module):
         return {"values": values, "chosen_end_scores": torch.stack(scores)}
 
 
-def adamw(model, lr, fused):
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    decay = [p for n, p in named if not any(k in n.lower() for k in NO_DECAY)]
-    no_decay = [p for n, p in named if any(k in n.lower() for k in NO_DECAY)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.0}, {"params": no_decay, "weight_decay": 0.0}],
-                            lr=lr, betas=(0.9, 0.95), eps=1e-8, fused=True if fused else None)
-    total = 1000
+class MasterAdamW:
+    """AdamW in DeepSpeed-Chat's decay / no-decay groups with its cosine schedule, clipping and zero grad.
 
-    def cosine(step):
-        if step < WARMUP:
-            return step / max(1, WARMUP)
-        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * (step - WARMUP) / max(1, total - WARMUP))))
+    fp32 models step their parameters; bf16 ones step fp32 master copies (gradients copied up, weights copied
+    back), as DeepSpeed's bf16 optimizer and dschat's engine do."""
 
-    return opt, torch.optim.lr_scheduler.LambdaLR(opt, cosine)
+    def __init__(self, model, lr, fused):
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        self.params = [p for _, p in named]
+        self.mixed = any(p.dtype != torch.float32 for p in self.params)
+        self.masters = [p.detach().float().clone() if self.mixed else p for p in self.params]
+        decay = [m for (n, _), m in zip(named, self.masters) if not any(k in n.lower() for k in NO_DECAY)]
+        no_decay = [m for (n, _), m in zip(named, self.masters) if any(k in n.lower() for k in NO_DECAY)]
+        self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.0},
+                                      {"params": no_decay, "weight_decay": 0.0}],
+                                     lr=lr, betas=(0.9, 0.95), eps=1e-8, fused=True if fused else None)
+        total = 1000
+
+        def cosine(step):
+            if step < WARMUP:
+                return step / max(1, WARMUP)
+            return max(0.0, 0.5 * (1.0 + math.cos(math.pi * (step - WARMUP) / max(1, total - WARMUP))))
+
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, cosine)
+
+    def step(self):
+        if self.mixed:
+            for p, m in zip(self.params, self.masters):
+                m.grad = p.grad.float()
+        torch.nn.utils.clip_grad_norm_(self.masters, MAX_GRAD_NORM)
+        self.opt.step()
+        self.sched.step()
+        if self.mixed:
+            with torch.no_grad():
+                for p, m in zip(self.params, self.masters):
+                    p.copy_(m)
+        for p, m in zip(self.params, self.masters):
+            p.grad = None
+            m.grad = None
 
 
 class PlainPPO:
-    def __init__(self, dirs, fused):
-        self.actor = OPTForCausalLM.from_pretrained(dirs["sft"], dtype=torch.float32)
+    def __init__(self, dirs, fused, dtype):
+        self.actor = OPTForCausalLM.from_pretrained(dirs["sft"], dtype=dtype)
         self.actor.generation_config.eos_token_id = PAD
-        self.ref = OPTForCausalLM.from_pretrained(dirs["sft"], dtype=torch.float32)
-        self.critic = RewardModel(dirs["rm"])
-        self.reward = RewardModel(dirs["rm"])
+        self.ref = OPTForCausalLM.from_pretrained(dirs["sft"], dtype=dtype)
+        self.critic = RewardModel(dirs["rm"], dtype)
+        self.reward = RewardModel(dirs["rm"], dtype)
         for frozen in (self.ref, self.reward):
             frozen.eval()
             for p in frozen.parameters():
                 p.requires_grad_(False)
-        self.actor_opt, self.actor_sched = adamw(self.actor, ACTOR_LR, fused)
-        self.critic_opt, self.critic_sched = adamw(self.critic, CRITIC_LR, fused)
+        self.actor_opt = MasterAdamW(self.actor, ACTOR_LR, fused)
+        self.critic_opt = MasterAdamW(self.critic, CRITIC_LR, fused)
 
     # ---- generate_experience ----
     def generate(self, prompts, mask, new, seed):
@@ -345,39 +448,40 @@ class PlainPPO:
         actor_loss = self.actor_loss_fn(actor_log_prob[:, start:], log_probs[:, start:], advantages,
                                         action_mask[:, start:])
         actor_loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.actor.parameters(), MAX_GRAD_NORM)
-        self.actor_opt.step()
-        self.actor_sched.step()
-        self.actor_opt.zero_grad(set_to_none=True)
+        self.actor_opt.step()  # clip grad norm 1.0, AdamW, schedule, zero grad
         # critic
         value = self.critic.forward_value(seq, attention_mask, return_value_only=True, use_cache=False)[:, :-1]
         critic_loss = self.critic_loss_fn(value[:, start:], old_values[:, start:], returns, action_mask[:, start:])
         critic_loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.critic.parameters(), MAX_GRAD_NORM)
         self.critic_opt.step()
-        self.critic_sched.step()
-        self.critic_opt.zero_grad(set_to_none=True)
         return actor_loss.item(), critic_loss.item()
 
 
-def python_run(dirs, prompt_ids, args):
-    ppo = PlainPPO(dirs, args.python_fused)
+def python_child(spec_path):
+    with open(spec_path) as f:
+        spec = json.load(f)
+    torch.set_num_threads(spec["threads"])
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    dtype = torch.bfloat16 if spec["dtype"] == "bf16" else torch.float32
+    prompt_ids = torch.tensor(spec["prompt_ids"], dtype=torch.long)
+    batch, new, prompt = spec["batch"], spec["new"], spec["prompt"]
+    ppo = PlainPPO(spec["dirs"], spec["fused"], dtype)
     times = []
-    for it in range(args.iterations):
-        prompts = prompt_ids[it * args.batch:(it + 1) * args.batch]
+    for it in range(spec["iterations"]):
+        prompts = prompt_ids[it * batch:(it + 1) * batch]
         mask = torch.ones_like(prompts)
         t0 = time.perf_counter()
-        seq = ppo.generate(prompts, mask, args.new, seed=1234 + it)
+        seq = ppo.generate(prompts, mask, new, seed=1234 + it)
         t1 = time.perf_counter()
-        if seq.shape != (args.batch, args.prompt + args.new):
-            sys.exit(f"python side generated {tuple(seq.shape)}, expected ({args.batch}, {args.prompt + args.new})")
+        if seq.shape != (batch, prompt + new):
+            sys.exit(f"python side generated {tuple(seq.shape)}, expected ({batch}, {prompt + new})")
         exp = ppo.experience(prompts, seq)
         t2 = time.perf_counter()
         ppo.train(exp)
         t3 = time.perf_counter()
         times.append({"generation": t1 - t0, "experience": t2 - t1, "training": t3 - t2})
-    del ppo
-    return times
+    print(json.dumps(times), flush=True)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -389,74 +493,238 @@ def best(times):
     return out
 
 
+def run_row(row, tmp, dirs, prompt_ids, args, dschat, tomls):
+    if row == "python":
+        return python_side(tmp, dirs, prompt_ids, args)
+    if row == "python-jemalloc":
+        return python_side(tmp, dirs, prompt_ids, args, preload=machine.jemalloc_path())
+    toml = tomls["noreuse" if row == "dschat-noreuse" else "default"]
+    return dschat_run(dschat, toml, tmp, args.threads, allocator="system" if row == "dschat-system" else None)
+
+
+def compare(args, tmp, dirs, tokenizer, dschat, rows):
+    texts, prompt_ids = make_prompts(tokenizer, args.iterations * args.batch, args.prompt)
+    tomls = {"default": write_pipeline(tmp, dirs, args, texts),
+             "noreuse": write_pipeline(tmp, dirs, args, texts, name="bench-noreuse.toml", reuse=False)}
+    times = {r: [] for r in rows}
+    warm, wall, rss = {}, {r: float("inf") for r in rows}, {r: 0.0 for r in rows}
+    for _ in range(args.rounds):  # alternate: a busy machine slows all alike
+        for row in rows:
+            steps, w, m = run_row(row, tmp, dirs, prompt_ids, args, dschat, tomls)
+            if len(steps) != args.iterations:
+                sys.exit(f"{row} logged {len(steps)} iterations, expected {args.iterations}")
+            times[row] += steps[1:]
+            warm.setdefault(row, steps[0])
+            wall[row] = min(wall[row], w)
+            rss[row] = max(rss[row], m)
+
+    b = {r: best(times[r]) for r in rows}
+    w = {r: best([warm[r]]) for r in rows}
+    ref = "dschat" if "dschat" in rows else None
+    head = f"{'best s':12} " + " ".join(f"{LABELS[r]:>12}" for r in rows)
+    if ref and "python" in rows:
+        head += f" {'python/dschat':>14}"
+    head += "   warm-up: " + " ".join(f"{LABELS[r]:>12}" for r in rows)
+    print(head)
+    for p in (*PHASES, "iteration"):
+        line = f"{p:12} " + " ".join(f"{b[r][p]:12.3f}" for r in rows)
+        if ref and "python" in rows:
+            line += f" {b['python'][p] / b[ref][p]:13.2f}x"
+        line += "            " + " ".join(f"{w[r][p]:12.3f}" for r in rows)
+        print(line)
+    print(f"{'peak RSS MB':12} " + " ".join(f"{rss[r]:12.0f}" for r in rows))
+    print(f"{'wall s':12} " + " ".join(f"{wall[r]:12.1f}" for r in rows)
+          + "   (whole child: loading four models, every iteration, saving the actor)")
+    if ref:
+        for row, what in (("dschat-system", "the caching CPU allocator (vs DSCHAT_CPU_ALLOCATOR=system)"),
+                          ("dschat-noreuse", "reuse_experience_forwards (vs = false)"),
+                          ("python-jemalloc", "dschat vs python with jemalloc")):
+            if row in rows:
+                print(f"{what}: " + ", ".join(f"{p} {b[row][p] / b[ref][p]:.2f}x" for p in (*PHASES, "iteration"))
+                      + f"; peak RSS {rss[row]:.0f} -> {rss[ref]:.0f} MB")
+    for row in rows:
+        print(f"per-iteration seconds, {LABELS[row]}: {[round(sum(x[p] for p in PHASES), 2) for x in times[row]]}")
+
+
+def estimate(args, config, batch, prompt, peak_gflops, avail_bytes):
+    """(dschat, python) lists of reasons not to run this cell (empty: run it), with the estimates in them."""
+    d, layers, vocab = config.hidden_size, config.num_hidden_layers, config.vocab_size
+    tokens = batch * (prompt + args.new)
+    layer_params = layers * (4 * d * d + 2 * d * config.ffn_dim)
+    flops = cell_flops(args, config, batch, prompt)
+    seconds = args.scaling_iterations * flops / (peak_gflops * 1e9 * args.assumed_efficiency)
+    elt = 2 if args.dtype == "bf16" else 4
+    activations = 17 * tokens * d * layers * elt * 2  # actor + critic in training
+    weights = 4 * (layer_params + vocab * d) * elt + 2 * 3 * (layer_params + vocab * d) * 4  # + grads, Adam
+    need = {"dschat": activations + weights + 4 * batch * args.new * vocab * 4,
+            "python": activations + weights + 4 * tokens * vocab * elt}
+    reasons = {}
+    for side in ("dschat", "python"):
+        r = []
+        if args.max_cell_s and seconds > args.max_cell_s:
+            r.append(f"~{seconds:.0f} s > --max-cell-s {args.max_cell_s:g}")
+        if need[side] > 0.85 * avail_bytes:
+            r.append(f"needs ~{need[side] / 2**30:.1f} GiB > 85% of MemAvailable {avail_bytes / 2**30:.1f} GiB")
+        reasons[side] = r
+    return reasons["dschat"], reasons["python"]
+
+
+def cell_flops(args, config, batch, prompt):
+    """FLOPs of one PPO iteration: 11 forward-equivalents of the base model (generation 1, experience 4,
+    training 2 x 3), 6 of the LM head (generation, actor and reference, actor training 3), attention in full."""
+    d, layers, vocab = config.hidden_size, config.num_hidden_layers, config.vocab_size
+    length = prompt + args.new
+    layer_params = layers * (4 * d * d + 2 * d * config.ffn_dim)
+    f_base, f_head = 2 * layer_params, 2 * vocab * d  # forward FLOPs a token
+    return batch * length * (11 * f_base + 6 * f_head) + 11 * 4 * batch * length * length * d * layers
+
+
+def estimate_text(args, config, batch, prompt, peak_gflops):
+    flops = cell_flops(args, config, batch, prompt)
+    seconds = args.scaling_iterations * flops / (peak_gflops * 1e9 * args.assumed_efficiency)
+    return (f"~{flops / 1e12:.1f} TFLOP an iteration, ~{seconds:.0f} s a side for {args.scaling_iterations} "
+            f"iterations at {100 * args.assumed_efficiency:g}% of {peak_gflops:.0f} GFLOP/s")
+
+
+def mem_available():
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return 1 << 40
+
+
+def scaling(args, tmp, dirs, config, tokenizer, dschat):
+    peak = machine.gemm_peak_gflops(torch.bfloat16 if args.dtype == "bf16" else torch.float32, args.threads)
+    avail = mem_available()
+    print(f"GEMM peak ({args.dtype}, at::mm 2048^3): {peak:.1f} GFLOP/s; MemAvailable {avail / 2**30:.1f} GiB; "
+          f"{args.scaling_iterations} iterations a cell (1 warm-up), best of the rest", flush=True)
+    args.iterations = args.scaling_iterations
+    rows = []
+    for batch in [int(x) for x in args.scaling_batches.split(",")]:
+        for prompt in [int(x) for x in args.scaling_prompts.split(",")]:
+            args.batch, args.prompt = batch, prompt
+            skip_d, skip_p = estimate(args, config, batch, prompt, peak, avail)
+            result = {"batch": batch, "prompt": prompt}
+            cell = f"batch {batch} prompt {prompt}"
+            if args.estimate_only or (skip_d and skip_p):
+                print(f"{cell}: {estimate_text(args, config, batch, prompt, peak)}; "
+                      f"dschat {'skipped: ' + '; '.join(skip_d) if skip_d else 'runs'}; "
+                      f"python {'skipped: ' + '; '.join(skip_p) if skip_p else 'runs'}", flush=True)
+                rows.append(result)
+                continue
+            texts, prompt_ids = make_prompts(tokenizer, args.iterations * batch, prompt)
+            toml = write_pipeline(tmp, dirs, args, texts)
+            if skip_d:
+                print(f"{cell}: dschat skipped: {'; '.join(skip_d)}", flush=True)
+            else:
+                steps, _, rss = dschat_run(dschat, toml, tmp, args.threads)
+                result["dschat"], result["dschat_rss"] = best(steps[1:]), rss
+            if skip_p:
+                print(f"{cell}: python skipped: {'; '.join(skip_p)}", flush=True)
+            else:
+                steps, _, rss = python_side(tmp, dirs, prompt_ids, args)
+                result["python"], result["python_rss"] = best(steps[1:]), rss
+            d, p = result.get("dschat"), result.get("python")
+            print(f"{cell}: dschat {d['iteration'] if d else float('nan'):.2f} s, "
+                  f"python {p['iteration'] if p else float('nan'):.2f} s", flush=True)
+            rows.append(result)
+
+    def phases(r):
+        return "/".join(f"{r[p]:.3g}" for p in PHASES) if r else "skipped"
+
+    if args.estimate_only:
+        return
+    print()
+    print(f"PPO iteration seconds, {args.shape} shape, {args.dtype}, new {args.new}, {args.threads} threads")
+    print(f"{'batch':>5} {'prompt':>6} {'dschat s':>9} {'python s':>9} {'py/dschat':>9} {'dschat RSS':>10} "
+          f"{'py RSS':>7}   {'dschat gen/exp/train':>22} {'python gen/exp/train':>22}")
+    for r in rows:
+        d, p = r.get("dschat"), r.get("python")
+        ds = f"{d['iteration']:9.3f}" if d else f"{'skipped':>9}"
+        ps = f"{p['iteration']:9.3f}" if p else f"{'skipped':>9}"
+        ratio = f"{p['iteration'] / d['iteration']:8.2f}x" if d and p else f"{'':9}"
+        drss = f"{r['dschat_rss']:10.0f}" if d else f"{'':10}"
+        prss = f"{r['python_rss']:7.0f}" if p else f"{'':7}"
+        print(f"{r['batch']:5} {r['prompt']:6} {ds} {ps} {ratio} {drss} {prss}   {phases(d):>22} {phases(p):>22}")
+
+
 def main():
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    if len(sys.argv) == 3 and sys.argv[1] == "--child-python":
+        return python_child(sys.argv[2])
+    root = os.path.dirname(os.path.dirname(HERE))
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--build", default=os.path.join(root, "build"))
-    parser.add_argument("--shape", choices=sorted(SHAPES), default="125m")
+    parser.add_argument("--shape", choices=sorted(SHAPES), help="default: 125m; small with --scaling")
     parser.add_argument("--batch", type=int, default=4, help="prompts per rollout = training micro-batch")
     parser.add_argument("--prompt", type=int, default=32, help="prompt tokens (BOS included)")
     parser.add_argument("--new", type=int, default=32, help="answer tokens (min = max new tokens)")
     parser.add_argument("--iterations", type=int, default=3, help="PPO iterations per side; the first is warm-up")
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="all four models, both sides")
+    parser.add_argument("--rows", default=DEFAULT_ROWS, help="a subset of " + ",".join(ROWS))
     parser.add_argument("--python-fused", action="store_true",
                         help="torch.optim.AdamW(fused=True) for the baseline (default: torch's CPU default, "
                              "fused=False / foreach=False)")
     parser.add_argument("--keep", help="write the models, prompts and pipeline here and keep them")
+    parser.add_argument("--scaling", action="store_true", help="iteration time across batch x prompt length")
+    parser.add_argument("--scaling-batches", default="1,8,32")
+    parser.add_argument("--scaling-prompts", default="64,256,1024")
+    parser.add_argument("--scaling-iterations", type=int, default=2)
+    parser.add_argument("--max-cell-s", type=float, default=900,
+                        help="skip a scaling side estimated to take longer (0: never skip for time)")
+    parser.add_argument("--estimate-only", action="store_true",
+                        help="with --scaling: print each cell's estimates and whether it would run, run nothing")
+    parser.add_argument("--assumed-efficiency", type=float, default=0.5,
+                        help="share of the GEMM peak the time estimate assumes")
     args = parser.parse_args()
-    if args.iterations < 2:
-        sys.exit("--iterations must be >= 2 (the first is warm-up)")
+    args.shape = args.shape or ("small" if args.scaling else "125m")
+    if args.iterations < 2 or args.scaling_iterations < 2:
+        sys.exit("--iterations and --scaling-iterations must be >= 2 (the first is warm-up)")
+    rows = [r for r in args.rows.split(",") if r]
+    for r in rows:
+        if r not in ROWS:
+            sys.exit(f"--rows: unknown row {r!r} (known: {', '.join(ROWS)})")
+    if "python-jemalloc" in rows and not machine.jemalloc_path():
+        sys.exit("--rows python-jemalloc: libjemalloc.so.2 is not installed (apt-get install libjemalloc2)")
     dschat = os.path.join(args.build, "bin", "dschat")
     plugins = os.path.join(args.build, "lib", "dschat", "plugins")
     for path in (dschat, *(os.path.join(plugins, f"libdschat-{p}.so") for p in ("opt", "ppo", "kv-cache"))):
-        if not os.path.exists(path):
+        if not os.path.exists(path) and (args.scaling or any(r.startswith("dschat") for r in rows)):
             sys.exit(f"{path} is missing: run tools/build.sh first")
 
     torch.set_num_threads(args.threads)
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+    for line in machine.describe(args.threads):
+        print(line)
     tokenizer_dir = os.path.join(root, "configs", "quickstart", "model")
     tokenizer = Tokenizer.from_file(os.path.join(tokenizer_dir, "tokenizer.json"))
-    texts, prompt_ids = make_prompts(tokenizer, args.iterations * args.batch, args.prompt)
-    args.prompt_texts = texts
     shape = SHAPES[args.shape]
-    print(f"PPO iteration, OPT {args.shape} shape (hidden {shape['hidden_size']}, {shape['num_hidden_layers']} layers, "
-          f"{shape['num_attention_heads']} heads, ffn {shape['ffn_dim']}, vocab {shape['vocab_size']}), random "
-          f"weights, fp32; batch {args.batch} (generation = training micro-batch), prompt {args.prompt} + "
-          f"{args.new} sampled tokens (top_k {TOP_K}); actor + critic trained, reference + reward frozen; "
-          f"{args.threads} threads; python AdamW {'fused' if args.python_fused else 'default (fused=False)'}; "
-          f"best of {args.rounds} round(s) x {args.iterations - 1} iterations after 1 warm-up; "
-          f"torch {torch.__version__}", flush=True)
+    what = (f"PPO iteration, OPT {args.shape} shape (hidden {shape['hidden_size']}, {shape['num_hidden_layers']} "
+            f"layers, {shape['num_attention_heads']} heads, ffn {shape['ffn_dim']}, vocab {shape['vocab_size']}), "
+            f"random weights, {args.dtype}; ")
+    if args.scaling:
+        what += f"batch x prompt grid, {args.new} sampled tokens (top_k {TOP_K}); "
+    else:
+        what += (f"batch {args.batch} (generation = training micro-batch), prompt {args.prompt} + {args.new} sampled "
+                 f"tokens (top_k {TOP_K}); best of {args.rounds} round(s) x {args.iterations - 1} iterations after "
+                 f"1 warm-up; ")
+    print(what + f"actor + critic trained, reference + reward frozen; {args.threads} threads; python AdamW "
+          f"{'fused' if args.python_fused else 'default (fused=False)'}", flush=True)
 
     tmp = args.keep or tempfile.mkdtemp(prefix="bench_ppo_")
     os.makedirs(tmp, exist_ok=True)
     try:
-        _, dirs = write_models(tmp, args.shape, tokenizer_dir)
-        toml = write_pipeline(tmp, dirs, args)
-        ours, theirs, ours_warm, theirs_warm, ours_wall = [], [], None, None, float("inf")
-        for _ in range(args.rounds):  # alternate: a busy machine slows both alike
-            steps, wall = dschat_run(dschat, toml, tmp, args.threads)
-            if len(steps) != args.iterations:
-                sys.exit(f"dschat logged {len(steps)} iterations, expected {args.iterations}")
-            ours += steps[1:]
-            ours_warm = ours_warm or steps[0]
-            ours_wall = min(ours_wall, wall)
-            times = python_run(dirs, prompt_ids, args)
-            theirs += times[1:]
-            theirs_warm = theirs_warm or times[0]
+        config, dirs = write_models(tmp, args.shape, tokenizer_dir)
+        if args.scaling:
+            scaling(args, tmp, dirs, config, tokenizer, dschat)
+        else:
+            compare(args, tmp, dirs, tokenizer, dschat, rows)
     finally:
         if not args.keep:
             shutil.rmtree(tmp, ignore_errors=True)
-
-    o, t = best(ours), best(theirs)
-    ow, tw = best([ours_warm]), best([theirs_warm])
-    print(f"{'best s':12} {'dschat':>9} {'python':>9} {'python/dschat':>14}   {'warm-up: dschat':>15} {'python':>9}")
-    for p in (*PHASES, "iteration"):
-        print(f"{p:12} {o[p]:9.3f} {t[p]:9.3f} {t[p] / o[p]:13.2f}x   {ow[p]:15.3f} {tw[p]:9.3f}")
-    print(f"per-iteration seconds, dschat: {[round(sum(x[p] for p in PHASES), 2) for x in ours]}, "
-          f"python: {[round(sum(x[p] for p in PHASES), 2) for x in theirs]}")
-    print(f"(dschat run wall time {ours_wall:.1f} s, including loading the four models and saving the actor)")
 
 
 if __name__ == "__main__":
