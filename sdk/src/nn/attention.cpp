@@ -5,6 +5,7 @@
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
+#include "dschat/sdk/nn/decode_attention.h"
 #include "dschat/sdk/nn/rotary.h"
 
 namespace dschat {
@@ -87,6 +88,9 @@ at::Tensor attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
   TORCH_CHECK(inputs.bias.defined(), "attention called without a mask; build AttentionInputs with prepare()");
   TORCH_CHECK(inputs.bias.size(-1) == keys.size(2) && inputs.bias.size(-2) == tokens, "attention mask ",
               inputs.bias.sizes(), " does not cover ", tokens, " queries over ", keys.size(2), " keys");
+  if (!(training && dropout > 0) && use_decode_attention(q, keys, values, inputs.bias)) {
+    return decode_attention(q, keys, values, inputs.bias, scale).transpose(1, 2).reshape({batch, tokens, heads * head_dim});
+  }
   const bool grouped = keys.size(1) != heads;
   auto out = at::scaled_dot_product_attention(q, keys, values, inputs.bias.to(q.scalar_type()),
                                               training ? dropout : 0.0, /*is_causal=*/false, scale, grouped);

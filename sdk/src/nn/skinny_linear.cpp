@@ -210,15 +210,16 @@ struct Avx512Kernel {
 };
 
 // AVX-512-BF16: vdpbf16ps multiplies 16 pairs of bf16 (exact products) and adds both into fp32 lanes, so x stays
-// bf16 in its own order and W is used as loaded: one instruction per 32 weights and x row. The K % 32 tail is a
-// zero-filled masked load of both operands.
+// bf16 in its own order and W is used as loaded: one instruction per 32 weights and x row, twice the FMA's work
+// (Zen 4: one a cycle either way). The K % 32 tail is a zero-filled masked load of both operands; the body uses
+// plain loads, since masked ones in the loop held 8 rows to 40% of the read bandwidth (Zen 4, LM head).
 struct Avx512Bf16Kernel {
   using X = c10::BFloat16;
   template <typename T, int M>
   static constexpr int rows_per_step() { return avx512_rows_per_step<M>(); }
 
   // 32 elements (those in `mask`) of every x row and R rows of W from column k on.
-  template <int M, int R>
+  template <int M, int R, bool kFull>
   __attribute__((target("avx512f,avx512bw,avx512bf16"), always_inline)) static inline void step(
       const c10::BFloat16* x, const c10::BFloat16* w, int64_t K, int64_t k, int64_t ahead, __mmask32 mask,
       __m512 (&acc)[M][R]) {
@@ -226,11 +227,12 @@ struct Avx512Bf16Kernel {
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
       _mm_prefetch(reinterpret_cast<const char*>(w + ahead + r * K + k), _MM_HINT_T1);
-      wv[r] = (__m512bh)_mm512_maskz_loadu_epi16(mask, w + r * K + k);
+      wv[r] = (__m512bh)(kFull ? _mm512_loadu_si512(w + r * K + k) : _mm512_maskz_loadu_epi16(mask, w + r * K + k));
     }
 #pragma GCC unroll 8
     for (int m = 0; m < M; ++m) {
-      const __m512bh xv = (__m512bh)_mm512_maskz_loadu_epi16(mask, x + m * K + k);
+      const __m512bh xv =
+          (__m512bh)(kFull ? _mm512_loadu_si512(x + m * K + k) : _mm512_maskz_loadu_epi16(mask, x + m * K + k));
 #pragma GCC unroll 8
       for (int r = 0; r < R; ++r) acc[m][r] = _mm512_dpbf16_ps(acc[m][r], wv[r], xv);
     }
@@ -247,8 +249,8 @@ struct Avx512Bf16Kernel {
 #pragma GCC unroll 8
       for (int r = 0; r < R; ++r) acc[m][r] = _mm512_setzero_ps();
     int64_t k = 0;
-    for (; k + 32 <= K; k += 32) step<M, R>(x, w, K, k, ahead, ~__mmask32{0}, acc);
-    if (k < K) step<M, R>(x, w, K, k, ahead, static_cast<__mmask32>((uint64_t{1} << (K - k)) - 1), acc);
+    for (; k + 32 <= K; k += 32) step<M, R, true>(x, w, K, k, ahead, ~__mmask32{0}, acc);
+    if (k < K) step<M, R, false>(x, w, K, k, ahead, static_cast<__mmask32>((uint64_t{1} << (K - k)) - 1), acc);
     for (int m = 0; m < M; ++m)
       for (int r = 0; r < R; ++r) s[m][r] = _mm512_reduce_add_ps(acc[m][r]);
   }
@@ -312,7 +314,9 @@ constexpr int64_t kMaxRowsFloat = 12;
 // upcast GEMM (fast_linear's other bf16 path) up to 32 rows for every shape ([768, 3072] at 32: 2.6 vs 2.4 ms);
 // at 48 rows the upcast GEMM wins on the block matrices (2.7 vs 4.0 ms), not yet on the LM head.
 constexpr int64_t kMaxRowsBf16 = 32;
-// bf16 against oneDNN's bf16 GEMM (AVX-512 CPUs): see kMaxRowsBf16OneDnn's measurement below.
+// bf16 where LibTorch has oneDNN's bf16 GEMM (AVX-512), measured on a 2-thread AMD EPYC (Zen 4, AVX-512-BF16)
+// over OPT-125m's and SmolLM2-135M's matrices: the vdpbf16ps loop is 1.5-3.0x at::linear up to 8 rows,
+// 1.1-1.8x at 32, 0.96-1.6x at 48 (bench_skinny_linear --dtypes bf16 --rows 4,8,12,16,24,32,48).
 constexpr int64_t kMaxRowsBf16OneDnn = 32;
 
 // LibTorch's CPU bf16 GEMM is oneDNN's where oneDNN has bf16 kernels (AVX-512 BW/VL/DQ, AMX, AVX2-VNNI-2);

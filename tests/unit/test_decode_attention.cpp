@@ -1,0 +1,83 @@
+// dschat::decode_attention (one query per sequence over its KV cache) against LibTorch's
+// scaled_dot_product_attention in float64: grouped-query and plain heads, a padding mask, a per-head (ALiBi-like)
+// bias, a narrowed (strided) cache, head sizes that are and are not vector multiples, fp32 and bf16; and where
+// attend() may take it.
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+
+#include <string>
+
+#include "dschat/sdk/nn/attention.h"
+#include "dschat/sdk/nn/decode_attention.h"
+
+using namespace dschat;
+
+namespace {
+
+struct Case {
+  int64_t batch, heads, kv_heads, cached, capacity, head_dim;
+  bool per_head_bias;
+};
+
+void check(const Case& c, at::ScalarType dtype) {
+  SCOPED_TRACE("B " + std::to_string(c.batch) + " H " + std::to_string(c.heads) + "/" + std::to_string(c.kv_heads) +
+               " S " + std::to_string(c.cached) + " D " + std::to_string(c.head_dim) +
+               (dtype == at::kFloat ? " fp32" : " bf16"));
+  auto q = at::randn({c.batch, c.heads, 1, c.head_dim}).to(dtype);
+  // A cache preallocated for `capacity` positions, of which `cached` are filled: the narrowed view attend() uses.
+  auto key_cache = at::randn({c.batch, c.kv_heads, c.capacity, c.head_dim}).to(dtype);
+  auto value_cache = at::randn({c.batch, c.kv_heads, c.capacity, c.head_dim}).to(dtype);
+  auto keys = key_cache.narrow(2, 0, c.cached), values = value_cache.narrow(2, 0, c.cached);
+  // Left padding: row b masks its first b positions (the lowest finite value, as causal_padding_bias writes).
+  auto bias = at::zeros({c.batch, c.per_head_bias ? c.heads : 1, 1, c.cached});
+  if (c.per_head_bias) bias.normal_();
+  for (int64_t b = 0; b < c.batch; ++b) bias[b].narrow(-1, 0, std::min(b, c.cached - 1)).fill_(lowest_value(at::kFloat));
+  const double scale = 1.0 / std::sqrt(static_cast<double>(c.head_dim));
+  at::NoGradGuard no_grad;
+  // The kernel runs on every CPU (scalar loops without AVX-512); where attend() uses it is checked below.
+  auto ours = decode_attention(q, keys, values, bias.to(dtype), scale);
+  ASSERT_EQ(ours.sizes(), q.sizes());
+  ASSERT_EQ(ours.scalar_type(), dtype);
+  const bool grouped = c.heads != c.kv_heads;
+  auto exact = at::scaled_dot_product_attention(q.to(at::kDouble), keys.to(at::kDouble), values.to(at::kDouble),
+                                                bias.to(dtype).to(at::kDouble), 0.0, false, scale, grouped);
+  const double err = (ours.to(at::kDouble) - exact).abs().max().item<double>();
+  // fp32: reassociated sums; bf16: the output rounded once (values are O(1): half an ulp is 2^-8 of 2).
+  EXPECT_LE(err, dtype == at::kFloat ? 1e-5 : 1.0 / 64) << "max |error| " << err;
+}
+
+}  // namespace
+
+TEST(DecodeAttention, MatchesSdpaFp32AndBf16) {
+  at::manual_seed(0);
+  for (auto dtype : {at::kFloat, at::kBFloat16}) {
+    check({8, 9, 3, 104, 168, 64, false}, dtype);  // SmolLM2: GQA 9:3, head 64, a part-filled cache
+    check({2, 12, 12, 37, 37, 64, false}, dtype);  // OPT: one kv head per head, a full cache
+    check({3, 4, 2, 5, 9, 48, true}, dtype);       // head 48: a masked tail; per-head bias (BLOOM's ALiBi)
+    check({1, 2, 1, 1, 4, 7, false}, dtype);       // one cached key, a tiny odd head
+  }
+}
+
+TEST(DecodeAttention, RefusesMismatchedInputs) {
+  auto q = at::randn({2, 4, 1, 16}), k = at::randn({2, 2, 5, 16}), bias = at::zeros({2, 1, 1, 5});
+  EXPECT_THROW(decode_attention(at::randn({2, 4, 2, 16}), k, k, bias, 1.0), c10::Error);  // two query positions
+  EXPECT_THROW(decode_attention(at::randn({2, 3, 1, 16}), k, k, bias, 1.0), c10::Error);  // 3 heads over 2
+  EXPECT_THROW(decode_attention(q, k, k, at::zeros({2, 1, 1, 4}), 1.0), c10::Error);      // bias too short
+  EXPECT_THROW(decode_attention(q, k.to(at::kDouble), k, bias, 1.0), c10::Error);
+  EXPECT_THROW(decode_attention(q, k.transpose(2, 3).contiguous().transpose(2, 3), k, bias, 1.0), c10::Error);
+}
+
+TEST(DecodeAttention, AttendTakesItOnlyForADecodeStepWithoutAutograd) {
+  auto q = at::randn({2, 4, 1, 16}), k = at::randn({2, 2, 5, 16}), bias = at::zeros({2, 1, 1, 5});
+  if (!use_decode_attention(q, k, k, bias)) GTEST_SKIP() << "no AVX-512: attend() keeps SDPA for decode steps";
+  EXPECT_FALSE(use_decode_attention(at::randn({2, 4, 3, 16}), k, k, at::zeros({2, 1, 3, 5})));  // prefill
+  EXPECT_FALSE(use_decode_attention(q.to(at::kHalf), k.to(at::kHalf), k.to(at::kHalf), bias));
+  EXPECT_FALSE(use_decode_attention(q.clone().requires_grad_(true), k, k, bias));  // training keeps SDPA
+  // attend() on a real layer: the same result through decode_attention as through SDPA within fp32 rounding.
+  AttentionInputs inputs;
+  inputs.bias = bias;
+  at::NoGradGuard no_grad;
+  auto via_attend = attend(q, k, k, inputs, nullptr, 0.25, 0.0, false);
+  auto via_sdpa = at::scaled_dot_product_attention(q, k, k, bias, 0.0, false, 0.25, true);
+  EXPECT_TRUE(at::allclose(via_attend, via_sdpa.transpose(1, 2).reshape({2, 1, 64}), 1e-5, 1e-5));
+}
