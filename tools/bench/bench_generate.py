@@ -16,7 +16,7 @@ token agreement then tests the kernels rather than the tie-breaking of a random 
 eos (every row makes --new tokens).
 
 The rows, each a subprocess of its own (so LD_PRELOAD applies from process start), started through a small
-launcher (this script --launch, no torch) whose os.wait4 gives the row's own peak RSS (see launch()):
+launcher (tools/bench/rss_launch.py, no torch) whose os.wait4 gives the row's own peak RSS:
   dschat kv-cache, caching   build/bin/bench_generate (family plugin from config.json, the kv-cache plugin:
                              one KV cache preallocated for prompt + new, prefill, one batched token per step),
                              dschat's caching CPU allocator (its default)
@@ -68,23 +68,6 @@ import sys
 import tempfile
 import time
 
-
-def launch(argv):
-    """--launch CMD...: runs CMD (its stdout and stderr pass through), then prints {"rss_mb", "rc"}.
-
-    Peak RSS from os.wait4 in this script would be wrong: on fork the child's memory map copies this process's
-    high-water mark, and exec records it in the child's ru_maxrss (a 1.7 GB floor here, from the bandwidth
-    probe's 1 GiB). This launcher is a fresh small process (no torch imported), so the high-water mark its
-    children start from is its own few MB, and ru_maxrss is the row's own peak.
-    """
-    child = subprocess.Popen(argv)
-    _, status, usage = os.wait4(child.pid, 0)
-    print(json.dumps({"rss_mb": usage.ru_maxrss / 1024, "rc": os.waitstatus_to_exitcode(status)}), flush=True)
-    return 0
-
-
-if __name__ == "__main__" and sys.argv[1:2] == ["--launch"]:
-    sys.exit(launch(sys.argv[2:]))
 
 import torch  # noqa: E402
 from safetensors.torch import save_file
@@ -336,15 +319,11 @@ def jemalloc_loaded():
 # Running rows
 
 def run_child(argv, env):
-    """Runs argv through the launcher; returns (its last stdout line as JSON, its own peak RSS in MB)."""
-    with tempfile.TemporaryFile(mode="w+") as err:
-        out = subprocess.run([sys.executable, os.path.abspath(__file__), "--launch", *argv], env=env,
-                             stdout=subprocess.PIPE, stderr=err, text=True).stdout.strip().splitlines()
-        status = json.loads(out[-1]) if out else {"rc": "no output", "rss_mb": 0}
-        if status["rc"] != 0:
-            err.seek(0)
-            sys.exit(f"{shlex.join(argv)} failed ({status['rc']}):\n{err.read()[-4000:]}")
-    return json.loads(out[-2]), status["rss_mb"]
+    """Runs argv through machine.run_child's launcher; (its last stdout line as JSON, its own peak RSS in MB)."""
+    rc, out, err, _, rss = machine.run_child(argv, env)
+    if rc != 0:
+        sys.exit(f"{shlex.join(argv)} failed ({rc}):\n{err[-4000:]}")
+    return json.loads(out.strip().splitlines()[-1]), rss
 
 
 class Runner:
@@ -476,7 +455,7 @@ def print_header(args, description, config, step, tokenizer, bandwidth, jemalloc
           f"+ libdschat-kv-cache.so (preallocated KV cache, prefill, one batched token per step)")
     print("HF: transformers generate(do_sample=False), SDPA attention with the 4D mask built from attention_mask; "
           "dynamic = DynamicCache (torch.cat per step), static = StaticCache(prompt + new), no torch.compile on CPU")
-    print("each row: one subprocess (the 'run:' lines), started via this script's --launch, whose os.wait4 gives "
+    print("each row: one subprocess (the 'run:' lines), started via tools/bench/rss_launch.py, whose os.wait4 gives "
           "the row's own peak RSS")
     print(f"jemalloc: {jemalloc or 'libjemalloc.so.2 not found (apt-get install libjemalloc2): jemalloc rows skipped'}")
 

@@ -222,15 +222,7 @@ generation = {{ plugin = "kv-cache", max_new_tokens = {args.new}, min_new_tokens
 
 def run_child(cmd, env, cwd=None):
     """Runs cmd; (returncode, stdout, stderr, wall seconds, peak RSS of that child alone in MB)."""
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        start = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env, cwd=cwd, text=True)
-        _, status, usage = os.wait4(proc.pid, 0)
-        wall = time.perf_counter() - start
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        return proc.returncode, out.read(), err.read(), wall, usage.ru_maxrss / 1024
+    return machine.run_child(cmd, env, cwd)
 
 
 def child_env(threads, allocator=None, preload=None):

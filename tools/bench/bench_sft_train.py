@@ -191,13 +191,8 @@ def python_child(args):
 
 def run_child(cmd, env):
     """Runs cmd; (returncode, stdout, stderr, peak RSS of that child alone in MB)."""
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env, text=True)
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        return proc.returncode, out.read(), err.read(), usage.ru_maxrss / 1024
+    rc, out, err, _, rss = machine.run_child(cmd, env)
+    return rc, out, err, rss
 
 
 def row_command(row, args, dtype, model_dir, driver, plugin):

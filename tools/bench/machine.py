@@ -5,18 +5,21 @@
     read_bandwidth_gbs(threads)  -> DRAM read bandwidth (GB/s): torch.sum over 1 GiB, far past every cache
     gemm_peak_gflops(dtype, threads) -> a large square at::mm (MKL sgemm / oneDNN bf16), the reachable GEMM peak
     peak_rss_mb()                -> this process's peak resident set (MB)
+    run_child(cmd, env, cwd)     -> (returncode, stdout, stderr, wall seconds, cmd's own peak RSS in MB)
     jemalloc_path()              -> Debian's libjemalloc.so.2 for LD_PRELOAD, or None
 
 Both probes run in the benchmark's own process just before its rows, so the shares printed next to each figure
 are of the bound measured on the same machine in the same minute.
 """
+import json
 import os
 import platform
 import re
 import resource
+import subprocess
+import sys
+import tempfile
 import time
-
-import torch
 
 # Flags dschat's kernels and oneDNN dispatch on.
 FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile")
@@ -56,6 +59,7 @@ def jemalloc_path():
 
 
 def torch_build():
+    import torch  # imported here so that run_child's launcher path stays light
     config = torch.__config__.show()
     keep = []
     for key in ("BLAS_INFO", "LAPACK_INFO", "USE_MKLDNN", "USE_OPENMP", "CPU capability usage"):
@@ -83,6 +87,21 @@ def describe(threads):
     ]
 
 
+def run_child(cmd, env=None, cwd=None):
+    """Runs cmd through rss_launch.py (see there why); (returncode, stdout, stderr, wall s, peak RSS MB)."""
+    launcher = os.path.join(os.path.dirname(os.path.abspath(__file__)), "rss_launch.py")
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err, \
+            tempfile.NamedTemporaryFile("r", suffix=".json") as result:
+        start = time.perf_counter()
+        subprocess.run([sys.executable, launcher, result.name, *cmd], stdout=out, stderr=err, env=env, cwd=cwd,
+                       text=True)
+        wall = time.perf_counter() - start
+        status = json.load(open(result.name)) if os.path.getsize(result.name) else {"rc": -1, "rss_mb": 0.0}
+        out.seek(0)
+        err.seek(0)
+        return status["rc"], out.read(), err.read(), wall, status["rss_mb"]
+
+
 def _best_seconds(fn, repeats):
     fn()  # warm: page faults, thread pool start
     best = float("inf")
@@ -95,6 +114,7 @@ def _best_seconds(fn, repeats):
 
 def read_bandwidth_gbs(threads, gib=1.0, repeats=5):
     """DRAM read bandwidth as torch.sum streams it: the bound a decode step that reads each weight once meets."""
+    import torch
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -107,6 +127,7 @@ def read_bandwidth_gbs(threads, gib=1.0, repeats=5):
 
 def gemm_peak_gflops(dtype, threads, n=2048, repeats=3):
     """The GEMM rate LibTorch reaches at a large square shape: the bound training's matmuls are a share of."""
+    import torch
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
