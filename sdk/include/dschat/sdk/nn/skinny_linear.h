@@ -3,9 +3,10 @@
 //
 // LibTorch's at::linear (MKL sgemm / oneDNN) reads a big W at a fraction of memory bandwidth at these skinny
 // shapes; skinny_linear reads W exactly once, computing all M dot products per row of W (fp32 accumulation),
-// split over LibTorch's threads along the output features. fast_linear picks it only where it measured faster
-// and no gradient is needed, so training and prefill keep at::linear (bf16 on CPUs without oneDNN's bf16 GEMM
-// takes fp32 GEMMs instead: use_upcast_linear).
+// split over LibTorch's threads along the output features, with a loop per instruction set chosen at run time:
+// AVX-512-BF16 (vdpbf16ps on bf16 pairs), AVX-512F and AVX2 (bf16 widened exactly to fp32), scalar. fast_linear
+// picks it only where it measured faster and no gradient is needed, so training and prefill keep at::linear
+// (bf16 on CPUs without oneDNN's bf16 GEMM takes fp32 GEMMs instead: use_upcast_linear).
 #include <cstdint>
 
 #include <ATen/core/Tensor.h>
@@ -29,8 +30,8 @@ DSCHAT_SDK_API at::Tensor skinny_linear(SkinnyIsa isa, const at::Tensor& x, cons
                                         const at::Tensor& bias = at::Tensor());
 
 // Whether fast_linear would run skinny_linear for these arguments: CPU with AVX2+FMA, supported dtypes and
-// layout, no gradient needed and rows <= skinny_linear_max_rows (0 for bf16 where LibTorch has oneDNN's bf16
-// GEMM: see skinny_linear.cpp).
+// layout, no gradient needed and rows <= skinny_linear_max_rows (per dtype, and for bf16 per whether LibTorch
+// has oneDNN's bf16 GEMM: the measurements are in skinny_linear.cpp).
 DSCHAT_SDK_API bool use_skinny_linear(const at::Tensor& x, const at::Tensor& weight,
                                       const at::Tensor& bias = at::Tensor());
 DSCHAT_SDK_API int64_t skinny_linear_max_rows(at::ScalarType dtype);
