@@ -9,6 +9,7 @@
 
 #include "dschat/sdk/nn/attention.h"
 #include "dschat/sdk/nn/decode_attention.h"
+#include "dschat/sdk/nn/decode_ops.h"
 
 using namespace dschat;
 
@@ -80,4 +81,38 @@ TEST(DecodeAttention, AttendTakesItOnlyForADecodeStepWithoutAutograd) {
   auto via_attend = attend(q, k, k, inputs, nullptr, 0.25, 0.0, false);
   auto via_sdpa = at::scaled_dot_product_attention(q, k, k, bias, 0.0, false, 0.25, true);
   EXPECT_TRUE(at::allclose(via_attend, via_sdpa.transpose(1, 2).reshape({2, 1, 64}), 1e-5, 1e-5));
+}
+
+// The one-pass RMSNorm and rotary of a decode step against the op chains they replace (HF's formulas).
+TEST(DecodeOps, RmsNormAndRotaryEqualTheOpChains) {
+  at::manual_seed(4);
+  for (auto dtype : {at::kFloat, at::kBFloat16}) {
+    SCOPED_TRACE(dtype == at::kFloat ? "fp32" : "bf16");
+    auto x = at::randn({8, 1, 576}).to(dtype), w = (1 + 0.1 * at::randn({576})).to(dtype);
+    at::NoGradGuard no_grad;
+    auto fused = rms_norm_decode(x, w, 1e-5);
+    if (!fused.defined()) GTEST_SKIP() << "no AVX-512-BF16: the op chains run";
+    auto x32 = x.to(at::kFloat);
+    auto chain = w * (x32 * at::rsqrt(x32.pow(2).mean(-1, true) + 1e-5)).to(dtype);
+    // Equal but for the order of one fp32 sum of squares: at most one ulp of the output's dtype.
+    const double ulp = dtype == at::kFloat ? 1e-6 : 1.0 / 128;
+    EXPECT_LE(((fused - chain).abs() / (chain.abs() + 1e-30)).to(at::kFloat).max().item<double>(), ulp);
+    if (dtype == at::kBFloat16) EXPECT_GE(fused.eq(chain).to(at::kFloat).mean().item<double>(), 0.99);
+
+    auto q = at::randn({8, 1, 9, 64}).to(dtype).transpose(1, 2);  // [B, H, T, D] as a strided view
+    auto angles = at::randn({8, 1, 64});
+    auto cos = angles.cos().to(dtype), sin = angles.sin().to(dtype);
+    auto rotated = rotary_decode(q, cos, sin);
+    ASSERT_TRUE(rotated.defined());
+    auto half = at::cat({-q.narrow(-1, 32, 32), q.narrow(-1, 0, 32)}, -1);
+    auto expected = q * cos.unsqueeze(1) + half * sin.unsqueeze(1);
+    EXPECT_TRUE(at::equal(rotated, expected))  // no sums: every rounding is the chain's
+        << (rotated.to(at::kDouble) - expected.to(at::kDouble)).abs().max().item<double>();
+    // Where it does not apply, it says so: training (autograd), an odd head size.
+    at::GradMode::set_enabled(true);
+    EXPECT_FALSE(rms_norm_decode(x.clone().requires_grad_(true), w, 1e-5).defined());
+    at::GradMode::set_enabled(false);
+    EXPECT_FALSE(rotary_decode(at::randn({1, 2, 1, 48}).to(dtype), cos.narrow(-1, 0, 48).narrow(0, 0, 1),
+                               sin.narrow(-1, 0, 48).narrow(0, 0, 1)).defined());
+  }
 }

@@ -1,6 +1,7 @@
 // Small layers: norms, embeddings, feed-forward blocks, the value head.
 #include <torch/nn/init.h>
 
+#include "dschat/sdk/nn/decode_ops.h"
 #include "dschat/sdk/nn/embedding.h"
 #include "dschat/sdk/nn/init.h"
 #include "dschat/sdk/nn/mlp.h"
@@ -21,6 +22,7 @@ at::Tensor LayerNormImpl::forward(const at::Tensor& x) { return at::layer_norm(x
 RMSNormImpl::RMSNormImpl(int64_t size, double eps) : eps(eps) { weight = register_parameter("weight", at::ones({size})); }
 
 at::Tensor RMSNormImpl::forward(const at::Tensor& x) {
+  if (auto fused = rms_norm_decode(x, weight, eps); fused.defined()) return fused;  // a decode step: one pass
   auto x32 = x.to(at::kFloat);
   auto normed = x32 * at::rsqrt(x32.pow(2).mean(-1, /*keepdim=*/true) + eps);
   return weight * normed.to(x.scalar_type());

@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "dschat/sdk/nn/alibi.h"
+#include "dschat/sdk/nn/decode_ops.h"
 #include "dschat/sdk/nn/rotary.h"
 
 namespace dschat {
@@ -99,6 +100,7 @@ std::pair<at::Tensor, at::Tensor> rope_cos_sin(const RopeConfig& config, const a
 }
 
 at::Tensor apply_rotary(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+  if (auto fused = rotary_decode(x, cos, sin); fused.defined()) return fused;  // a decode step: one pass
   const int64_t half = x.size(-1) / 2;
   auto rotated = at::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
   return x * cos.unsqueeze(1) + rotated * sin.unsqueeze(1);
