@@ -32,7 +32,8 @@ void check(const Case& c, at::ScalarType dtype) {
   // Left padding: row b masks its first b positions (the lowest finite value, as causal_padding_bias writes).
   auto bias = at::zeros({c.batch, c.per_head_bias ? c.heads : 1, 1, c.cached});
   if (c.per_head_bias) bias.normal_();
-  for (int64_t b = 0; b < c.batch; ++b) bias[b].narrow(-1, 0, std::min(b, c.cached - 1)).fill_(lowest_value(at::kFloat));
+  for (int64_t b = 0; b < c.batch; ++b)
+    bias[b].narrow(-1, 0, std::min(b, c.cached - 1)).fill_(lowest_value(at::kFloat));
   const double scale = 1.0 / std::sqrt(static_cast<double>(c.head_dim));
   at::NoGradGuard no_grad;
   // The kernel runs on every CPU (scalar loops without AVX-512); where attend() uses it is checked below.

@@ -89,7 +89,8 @@ at::Tensor attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
   TORCH_CHECK(inputs.bias.size(-1) == keys.size(2) && inputs.bias.size(-2) == tokens, "attention mask ",
               inputs.bias.sizes(), " does not cover ", tokens, " queries over ", keys.size(2), " keys");
   if (!(training && dropout > 0) && use_decode_attention(q, keys, values, inputs.bias)) {
-    return decode_attention(q, keys, values, inputs.bias, scale).transpose(1, 2).reshape({batch, tokens, heads * head_dim});
+    auto out = decode_attention(q, keys, values, inputs.bias, scale);  // a decode step over the KV cache
+    return out.transpose(1, 2).reshape({batch, tokens, heads * head_dim});
   }
   const bool grouped = keys.size(1) != heads;
   auto out = at::scaled_dot_product_attention(q, keys, values, inputs.bias.to(q.scalar_type()),

@@ -96,7 +96,8 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) void axpy_avx512(float p, c
   const __m512 pv = _mm512_set1_ps(p);
   for (int64_t d = 0; d < D; d += 16) {
     const auto mask = static_cast<__mmask16>(D - d >= 16 ? 0xFFFF : (1u << (D - d)) - 1);
-    _mm512_mask_storeu_ps(acc + d, mask, _mm512_fmadd_ps(pv, load16(v + d, mask), _mm512_maskz_loadu_ps(mask, acc + d)));
+    const __m512 sum = _mm512_fmadd_ps(pv, load16(v + d, mask), _mm512_maskz_loadu_ps(mask, acc + d));
+    _mm512_mask_storeu_ps(acc + d, mask, sum);
   }
 }
 #endif
