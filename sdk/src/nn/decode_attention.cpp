@@ -11,6 +11,8 @@
 #include <ATen/core/grad_mode.h>
 #include <c10/util/BFloat16.h>
 
+#include "dschat/sdk/nn/skinny_linear.h"
+
 #include <algorithm>
 #include <type_traits>
 #include <vector>
@@ -26,24 +28,9 @@ namespace {
 
 using BF16 = c10::BFloat16;
 
-bool has_avx512() {
-#ifdef DSCHAT_DECODE_AVX512
-  static const bool yes = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                          __builtin_cpu_supports("avx512vl");
-  return yes;
-#else
-  return false;
-#endif
-}
-
-bool has_avx512_bf16() {
-#ifdef DSCHAT_DECODE_AVX512
-  static const bool yes = has_avx512() && __builtin_cpu_supports("avx512bf16");
-  return yes;
-#else
-  return false;
-#endif
-}
+// The CPU checks are skinny_linear's: one place says what "AVX-512" and "AVX-512-BF16" mean.
+bool has_avx512() { return skinny_isa_supported(SkinnyIsa::kAvx512); }
+bool has_avx512_bf16() { return skinny_isa_supported(SkinnyIsa::kAvx512Bf16); }
 
 template <typename T>
 float dot_scalar(const T* a, const T* b, int64_t D) {

@@ -7,6 +7,8 @@
 #include <ATen/core/grad_mode.h>
 #include <c10/util/BFloat16.h>
 
+#include "dschat/sdk/nn/skinny_linear.h"
+
 #include <cmath>
 #include <type_traits>
 
@@ -26,15 +28,7 @@ using BF16 = c10::BFloat16;
 // training batches) LibTorch's multi-threaded kernels are the better choice.
 constexpr int64_t kMaxElements = 64 * 4096;
 
-bool cpu_ok() {
-#ifdef DSCHAT_DECODE_OPS
-  static const bool yes = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bf16");
-  return yes;
-#else
-  return false;
-#endif
-}
+bool cpu_ok() { return skinny_isa_supported(SkinnyIsa::kAvx512Bf16); }  // skinny_linear's CPU check
 
 bool applies(const at::Tensor& x, std::initializer_list<const at::Tensor*> others) {
   if (!cpu_ok() || !x.defined() || !x.device().is_cpu() || x.numel() > kMaxElements) return false;

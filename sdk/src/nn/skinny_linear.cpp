@@ -38,7 +38,9 @@ bool cpu_has(SkinnyIsa isa) {
   switch (isa) {
     case SkinnyIsa::kScalar: return true;
     case SkinnyIsa::kAvx2: return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    case SkinnyIsa::kAvx512: return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
+    case SkinnyIsa::kAvx512:  // VL too: decode_attention and decode_ops use 256-bit AVX-512 forms
+      return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+             __builtin_cpu_supports("avx512vl");
     case SkinnyIsa::kAvx512Bf16:
       return cpu_has(SkinnyIsa::kAvx512) && __builtin_cpu_supports("avx512bf16");
   }
