@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything dschat needs on a Debian 12 machine, then is a no-op on reruns.
 #   - Debian packages: compiler, build tools, Boost (DLL + program_options), TOML++, fmt, GoogleTest, nlohmann-json,
-#     jemalloc (benchmarks only)
+#     libcurl + OpenSSL (Hub downloads), Open MPI + Slurm + munge (launcher tests), jemalloc (benchmarks only)
 #   - a project-local virtual environment (.venv, ignored by git) holding the pinned torch wheel, whose
 #     bundled LibTorch (headers, libraries, CMake package) is what the C++ build links against.
 set -euo pipefail
@@ -11,7 +11,9 @@ venv="${DSCHAT_VENV:-$root/.venv}"
 apt_packages=(g++ cmake ninja-build ccache pkg-config python3 python3-venv
   libboost-dev libgloo-dev libboost-program-options-dev libboost-filesystem-dev
   libtomlplusplus-dev libfmt-dev libgtest-dev nlohmann-json3-dev
-  libjemalloc2)  # jemalloc: the LD_PRELOAD allocator rows of tools/bench/bench_generate.py
+  libjemalloc2   # jemalloc: the LD_PRELOAD allocator rows of tools/bench/bench_generate.py
+  libcurl4-openssl-dev libssl-dev   # HF Hub downloads (libcurl) and their sha256 / git-sha1 checks (OpenSSL)
+  openmpi-bin slurm-wlm munge)      # the real launchers the launcher tests start: mpirun, and srun on a one-node Slurm
 
 missing=()
 for p in "${apt_packages[@]}"; do
