@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "dschat/framework/cli.h"
+#include "dschat/framework/hub.h"
 #include "dschat/framework/registry.h"
 #include "dschat/sdk/config_document.h"
 #include "dschat/sdk/model.h"
@@ -58,7 +59,7 @@ std::map<std::string, at::Tensor> consolidate(const fs::path& checkpoint) {
 int consolidate_command(const std::vector<std::string>& args) {
   po::options_description options("options");
   options.add_options()("checkpoint", po::value<std::string>()->required(), "checkpoint folder (checkpoints/step-N)")(
-      "like", po::value<std::string>()->required(), "HF folder of the trained model (config.json, tokenizer)")(
+      "like", po::value<std::string>()->required(), "HF folder (or Hub id) of the trained model (config.json, tokenizer)")(
       "out", po::value<std::string>()->required(), "where to write the HF folder")(
       "dtype", po::value<std::string>()->default_value("fp32"), "fp32 or bf16")("help,h", "show this help");
   po::positional_options_description positional;
@@ -80,8 +81,14 @@ int consolidate_command(const std::vector<std::string>& args) {
     std::cerr << "dschat consolidate: --dtype must be fp32 or bf16, not " << dtype << "\n";
     return 2;
   }
-  const fs::path checkpoint = vm["checkpoint"].as<std::string>(), like = vm["like"].as<std::string>(),
-                 out = vm["out"].as<std::string>();
+  const fs::path checkpoint = vm["checkpoint"].as<std::string>(), out = vm["out"].as<std::string>();
+  fs::path like;
+  try {
+    like = resolve_model(vm["like"].as<std::string>());
+  } catch (const HubError& e) {
+    std::cerr << "dschat consolidate: --like: " << e.what() << "\n";
+    return 2;
+  }
 
   auto params = consolidate(checkpoint);
   PluginRegistry registry;

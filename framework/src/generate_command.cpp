@@ -7,6 +7,7 @@
 #include <fmt/format.h>
 
 #include "dschat/framework/cli.h"
+#include "dschat/framework/hub.h"
 #include "dschat/framework/registry.h"
 #include "dschat/sdk/config_document.h"
 #include "dschat/sdk/generation.h"
@@ -24,7 +25,7 @@ constexpr const char* kSynopsis =
 
 int generate_command(const std::vector<std::string>& args) {
   po::options_description options("options");
-  options.add_options()("model", po::value<std::string>()->required(), "HF model folder (config.json, safetensors, tokenizer)")(
+  options.add_options()("model", po::value<std::string>()->required(), "HF model folder (config.json, safetensors, tokenizer) or Hub id org/name[@revision]")(
       "prompt", po::value<std::string>()->required(), "text to continue")(
       "max-new-tokens", po::value<int64_t>()->default_value(64), "answer length limit")(
       "greedy", "pick the most likely token each step")(
@@ -53,7 +54,13 @@ int generate_command(const std::vector<std::string>& args) {
     return 2;
   }
 
-  const std::filesystem::path dir = vm["model"].as<std::string>();
+  std::filesystem::path dir;
+  try {
+    dir = resolve_model(vm["model"].as<std::string>());
+  } catch (const HubError& e) {
+    std::cerr << "dschat generate: --model: " << e.what() << "\n";
+    return 2;
+  }
   PluginRegistry registry;
   registry.discover(PluginRegistry::search_paths({}));
   nlohmann::json hf_config = read_hf_config(dir);

@@ -1,5 +1,7 @@
 #include "dschat/framework/pipeline.h"
 
+#include "dschat/framework/hub.h"
+
 #include <set>
 
 #include <fmt/format.h>
@@ -18,10 +20,26 @@ nlohmann::json read_model_config(const ConfigTable& model, const std::filesystem
   }
 }
 
+// `path` is a folder (relative to the pipeline file) or a Hub id, resolved to its cache snapshot (downloading what
+// is missing) so that every later check reads real files.
+std::filesystem::path model_folder(const ConfigTable& table) {
+  const std::string text = table.get_string("path");
+  std::filesystem::path local = table.get_path("path", /*must_exist=*/false);
+  std::error_code ec;
+  if (std::filesystem::exists(local, ec)) return local;
+  auto id = HubId::parse(text);
+  if (!id) table.fail("path", fmt::format("no such file or folder: {} (nor is it a Hub id org/name[@revision])", local.string()));
+  try {
+    return resolve_hub_model(*id, HubSettings::from_environment());
+  } catch (const HubError& e) {
+    table.fail("path", e.what());
+  }
+}
+
 ModelSpec read_model(const std::string& name, const ConfigTable& table, const PluginRegistry& registry) {
   ModelSpec spec;
   spec.name = name;
-  spec.path = table.get_path("path", /*must_exist=*/true);
+  spec.path = model_folder(table);
   spec.dtype = table.get_choice("dtype", {"fp32", "bf16", "fp16"}, "fp32");
   spec.init = table.get_choice("init", {"pretrained", "random"}, "pretrained");
   spec.hf_config = read_model_config(table, spec.path);
