@@ -14,6 +14,7 @@
 #include "dschat/sdk/cpu_allocator.h"
 #include "dschat/sdk/device.h"
 #include "dschat/sdk/distributed.h"
+#include "dschat/sdk/interrupt.h"
 
 namespace po = boost::program_options;
 
@@ -121,7 +122,14 @@ int command_validate(const std::vector<std::string>& args, bool run, bool dry_ru
   }
   if (env.world_size > 1)
     std::cout << fmt::format("rank {}: {}, {} backend\n", env.rank, env.describe(), world().backend());
-  const bool ok = run_pipeline(pipeline, registry);
+  install_stop_handlers();  // SIGINT/SIGTERM: finish the step, save, exit 128 + signal
+  const RunOutcome outcome = run_pipeline(pipeline, registry);
+  const bool ok = outcome.ok;
+  if (outcome.stop_signal) {
+    std::cout.flush();
+    std::cerr.flush();
+    std::_Exit(outcome.exit_code());  // every rank stopped at the same step and saved; nothing waits on a peer
+  }
   if (!ok && env.world_size > 1) {
     // A failed rank leaves now: its peers see the connection close and stop too, instead of each waiting out
     // the timeout in a destructor.

@@ -1,6 +1,7 @@
 #include "dschat/framework/runner.h"
 
 #include <chrono>
+#include <filesystem>
 #include <iostream>
 
 #include <fmt/format.h>
@@ -9,6 +10,7 @@
 #include "dschat/framework/metrics.h"
 #include "dschat/sdk/atomic_file.h"
 #include "dschat/sdk/distributed.h"
+#include "dschat/sdk/interrupt.h"
 #include "dschat/sdk/tokenizer.h"
 
 namespace dschat {
@@ -129,9 +131,31 @@ class HostStageContext : public StageContext {
   std::filesystem::path stage_dir_;
 };
 
+// What a killed save leaves behind (step-N.tmp-PID/, step-N.tmp/, final.tmp, file.tmp-PID-K): no reader looks at
+// them, and a model's worth each, they fill disks. Removed before the stage runs again.
+void remove_stale_temporaries(const std::filesystem::path& stage_dir) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  std::vector<fs::path> stale;
+  for (auto it = fs::recursive_directory_iterator(stage_dir, ec); !ec && it != fs::recursive_directory_iterator();
+       it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    const size_t tmp = name.find(".tmp");
+    if (tmp == std::string::npos || tmp == 0) continue;
+    const char after = tmp + 4 < name.size() ? name[tmp + 4] : '\0';
+    if (after != '\0' && after != '-' && after != '.') continue;  // "x.tmpl" is not ours
+    stale.push_back(it->path());
+    if (it->is_directory()) it.disable_recursion_pending();
+  }
+  for (const auto& path : stale) {
+    fs::remove_all(path, ec);
+    std::cout << fmt::format("removed {}, left by an interrupted save\n", path.string());
+  }
+}
+
 }  // namespace
 
-bool run_pipeline(const Pipeline& pipeline, const PluginRegistry& registry) {
+RunOutcome run_pipeline(const Pipeline& pipeline, const PluginRegistry& registry) {
   auto& comm = world();
   const bool main_rank = comm.is_main();
   std::filesystem::create_directories(pipeline.output_dir);
@@ -153,7 +177,7 @@ bool run_pipeline(const Pipeline& pipeline, const PluginRegistry& registry) {
       complete = comm.max(complete ? 1.0 : 0.0) > 0.0;  // all ranks decide alike (the run folder is shared)
     } catch (const std::exception& e) {
       std::cerr << fmt::format("error: stage {}: {}\n", stage.name, e.what());
-      return false;
+      return {};
     }
     if (complete) {
       std::cout << fmt::format("[{}/{}] stage {}: reusing {}\n", i + 1, pipeline.stages.size(), stage.name,
@@ -163,24 +187,33 @@ bool run_pipeline(const Pipeline& pipeline, const PluginRegistry& registry) {
     std::cout << fmt::format("[{}/{}] stage {} ({})\n", i + 1, pipeline.stages.size(), stage.name,
                              stage.algorithm_name);
     std::filesystem::create_directories(context.stage_dir());
+    if (main_rank) remove_stale_temporaries(context.stage_dir());
+    comm.barrier();  // no rank saves into the stage before the leftovers are gone
     auto start = std::chrono::steady_clock::now();
     try {
       call_plugin(registry.find(Algorithm::kind, stage.algorithm_name), [&] { stage.algorithm->run(context); });
       context.record_data_counts();
       context.finish();
       comm.barrier();  // rank 0 marks the stage complete only once every rank has finished it
+    } catch (const StopRequested& e) {
+      context.finish();
+      if (main_rank)
+        std::cerr << fmt::format("stage {}: {}\nto resume, run the same command again: finished stages are reused "
+                                 "and {} continues from that checkpoint\n",
+                                 stage.name, e.what(), stage.name);
+      return {false, e.signal()};
     } catch (const std::exception& e) {
       context.finish();
       std::cerr << fmt::format("error: stage {} failed{}: {}\n", stage.name,
                                comm.size() > 1 ? fmt::format(" on rank {}", comm.rank()) : "", e.what());
-      return false;
+      return {};
     }
     if (main_rank) write_file_atomic(marker, fmt::format("stage {} finished\n", stage.name));
     std::chrono::duration<double> took = std::chrono::steady_clock::now() - start;
     std::cout << fmt::format("[{}/{}] stage {} done in {:.1f}s\n", i + 1, pipeline.stages.size(), stage.name,
                              took.count());
   }
-  return true;
+  return {true, 0};
 }
 
 }  // namespace dschat

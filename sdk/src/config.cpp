@@ -1,6 +1,7 @@
 #include "dschat/sdk/config.h"
 
 #include <algorithm>
+#include <cmath>
 #include <set>
 #include <sstream>
 
@@ -325,6 +326,8 @@ double ConfigTable::get_float(std::string_view key, std::optional<double> fallba
     if (auto i = n->value_exact<int64_t>()) v = static_cast<double>(*i);
   }
   if (!v) fail(key, fmt::format("expected a number, found {}", describe_node(*n)));
+  // TOML has nan and inf literals; no option means either (a NaN learning rate trained a NaN model before).
+  if (!std::isfinite(*v)) fail(key, fmt::format("must be a finite number, found {}", *v));
   if (min && *v < *min) fail(key, fmt::format("must be >= {}, found {}", *min, *v));
   if (max && *v > *max) fail(key, fmt::format("must be <= {}, found {}", *max, *v));
   return *v;
@@ -353,6 +356,11 @@ std::vector<T> read_list(const ConfigTable& self, std::string_view key, const to
     if (!v)
       throw ConfigError(self.location(key), fmt::format("{}[{}]", self.key_path(key), i),
                         fmt::format("expected {}, found {}", what, describe_node(item)));
+    if constexpr (std::is_same_v<T, double>) {
+      if (!std::isfinite(*v))
+        throw ConfigError(self.location(key), fmt::format("{}[{}]", self.key_path(key), i),
+                          fmt::format("must be a finite number, found {}", *v));
+    }
     out.push_back(*v);
   }
   return out;

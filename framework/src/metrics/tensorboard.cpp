@@ -5,13 +5,16 @@
 #include <array>
 #include <cmath>
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
 #include <stdexcept>
+#include <vector>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include "dschat/framework/metrics.h"
+#include "dschat/sdk/atomic_file.h"
 
 namespace dschat {
 
@@ -120,26 +123,63 @@ void EventFileWriter::scalar(const std::string& tag, float value, int64_t step, 
 
 void EventFileWriter::flush() { out_.flush(); }
 
-StageMetrics::StageMetrics(const std::filesystem::path& stage_dir) : events_(stage_dir / "tensorboard") {
+StageMetrics::StageMetrics(const std::filesystem::path& stage_dir)
+    : dir_(stage_dir), events_(std::make_unique<EventFileWriter>(stage_dir / "tensorboard")) {
   auto file = stage_dir / "metrics.jsonl";
   jsonl_.open(file, std::ios::app);
   if (!jsonl_) throw std::runtime_error(fmt::format("cannot open {}", file.string()));
 }
 
+void StageMetrics::truncate_after(int64_t step) {
+  const auto file = dir_ / "metrics.jsonl";
+  jsonl_.close();
+  std::vector<nlohmann::json> kept;
+  std::string text;
+  {
+    std::ifstream in(file);
+    for (std::string line; std::getline(in, line);) {
+      nlohmann::json row = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+      if (row.is_discarded() || !row.contains("step") || !row["step"].is_number_integer()) continue;  // torn line
+      if (row["step"].get<int64_t>() > step) continue;
+      kept_.insert({row.value("tag", ""), row["step"].get<int64_t>()});
+      text += line + "\n";
+      kept.push_back(std::move(row));
+    }
+  }
+  write_file_atomic(file, text);
+  // One event file holding the kept rows at their original times, in place of every earlier attempt's file.
+  const auto tb = dir_ / "tensorboard";
+  events_.reset();
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(tb, ec))
+    if (entry.path().filename().string().rfind("events.out.tfevents.", 0) == 0) std::filesystem::remove(entry.path());
+  events_ = std::make_unique<EventFileWriter>(tb);
+  for (const auto& row : kept) {
+    const auto& v = row["value"];
+    const double value = v.is_number() ? v.get<double>() : std::strtod(v.get<std::string>().c_str(), nullptr);
+    events_->scalar(row.value("tag", ""), static_cast<float>(value), row["step"].get<int64_t>(),
+                    row.value("time", 0.0));
+  }
+  events_->flush();
+  jsonl_.open(file, std::ios::app);
+  if (!jsonl_) throw std::runtime_error(fmt::format("cannot open {}", file.string()));
+}
+
 void StageMetrics::scalar(const std::string& tag, double value, int64_t step) {
+  if (kept_.count({tag, step})) return;  // already in the kept history of an earlier attempt
   double now = now_seconds();
-  events_.scalar(tag, static_cast<float>(value), step, now);
+  events_->scalar(tag, static_cast<float>(value), step, now);
   nlohmann::json row{{"step", step}, {"tag", tag}, {"value", value}, {"time", now}};
   if (!std::isfinite(value)) row["value"] = fmt::format("{}", value);  // JSON has no nan/inf
   jsonl_ << row.dump() << '\n';
   // A log line is only useful if it survives the crash it might explain: flush each one (no fsync).
   jsonl_.flush();
-  events_.flush();
+  events_->flush();
 }
 
 void StageMetrics::flush() {
   jsonl_.flush();
-  events_.flush();
+  events_->flush();
 }
 
 }  // namespace dschat

@@ -45,6 +45,7 @@
 //   per_device_eval_batch_size 16, trim_prompt_padding true, save_critic true
 //   checkpoint_interval 0 -- rollouts between checkpoints (actor, critic, hooks' state such as the EMA, data
 //   position); an interrupted stage resumes from the newest complete one
+//   max_nonfinite_steps 3 -- actor (or critic) steps in a row skipped for NaN/inf gradients before the stage stops
 //   generation_tensor_parallel false -- the hybrid engine's TP rollouts: every rank holds a Megatron shard of
 //   the actor (all ranks form one TP group), the ranks' prompts are generated together and each keeps its rows
 //   reuse_experience_forwards true -- the first micro-batch's training forwards are its experience forwards (see
@@ -81,6 +82,7 @@
 #include "dschat/sdk/generation.h"
 #include "dschat/sdk/hook.h"
 #include "dschat/sdk/hybrid_engine.h"
+#include "dschat/sdk/interrupt.h"
 #include "dschat/sdk/optim.h"
 #include "dschat/sdk/plugin.h"
 #include "dschat/sdk/ppo_math.h"
@@ -126,6 +128,7 @@ struct PpoOptions {
   bool generation_tensor_parallel = false;
   bool reuse_experience_forwards = true;
   int64_t checkpoint_interval = 0;  // rollouts between checkpoints (taken after a training flush); 0: none
+  int64_t max_nonfinite_steps = 3;  // actor or critic steps in a row skipped for NaN/inf before the stage stops
   double debug_corrupt_generation_logprobs = 0.0;
 };
 
@@ -177,6 +180,7 @@ PpoOptions read_options(const ConfigTable& t) {
   if (t.has("consistency_threshold")) o.consistency_threshold = t.get_float("consistency_threshold", {}, 0.0);
   o.consistency_sample_rows = t.get_int("consistency_sample_rows", 2, 0);
   o.eval_interval = t.get_int("eval_interval", 0, 0);
+  o.max_nonfinite_steps = t.get_int("max_nonfinite_steps", 3, 1);
   o.eval_prompts = t.get_int("eval_prompts", 0, 0);
   o.eval_batch_size = t.get_int("per_device_eval_batch_size", 16, 1);
   o.trim_prompt_padding = t.get_bool("trim_prompt_padding", true);
@@ -524,7 +528,10 @@ void Ppo::run(StageContext& ctx) {
 
   // ---- training on buffered experience ----
   bool stop = false;
+  NonFiniteGuard actor_nonfinite(ctx.stage_name(), o_.max_nonfinite_steps);
+  NonFiniteGuard critic_nonfinite(ctx.stage_name(), o_.max_nonfinite_steps);
   auto after_actor_step = [&](const StepResult& r) {
+    actor_nonfinite.skipped(r, actor_engine->global_step(), "actor");
     if (!r.applied || ctx.hooks().empty()) return;
     auto whole = actor_engine->gather_parameters();  // the EMA reads every weight (ZeRO-3: gathered)
     for (const auto& hook : ctx.hooks()) hook->after_optimizer_step(*actor, {actor_engine->global_step()});
@@ -587,7 +594,7 @@ void Ppo::run(StageContext& ctx) {
           auto values = recorded ? std::exchange(e.first_micro_values, at::Tensor()) : critic_values(seq, mask);
           auto c_loss = ppo::critic_loss(values.slice(1, start), old_values.slice(1, start), returns, m, o_.ppo);
           critic_engine->backward(c_loss);
-          critic_engine->step();
+          critic_nonfinite.skipped(critic_engine->step(), critic_engine->global_step(), "critic");
           s.actor_loss += a_loss.item<double>();
           s.critic_loss += c_loss.item<double>();
           ++s.micro;
@@ -628,7 +635,9 @@ void Ppo::run(StageContext& ctx) {
     ptx_next = position.at("ptx_next").get<size_t>();
     std::cout << fmt::format("stage {}: resuming from {} (step {}, epoch {}, prompt batch {})\n", stage,
                              resume_from->string(), actor_engine->global_step(), start_epoch, start_batch);
+    metrics.truncate_after(actor_engine->global_step());  // drop what the interrupted attempt logged after it
   } else {
+    metrics.truncate_after(-1);
     evaluate(*actor, 0, "eval/");
   }
   ctx.progress().start(stage, total);
@@ -703,9 +712,17 @@ void Ppo::run(StageContext& ctx) {
       buffer.push_back(std::move(*e));
       if (static_cast<int64_t>(buffer.size()) == o_.generation_batches) {
         flush();
-        if (o_.checkpoint_interval > 0 && rollout % o_.checkpoint_interval == 0) {
-          const bool epoch_end = b + 1 == batches.size();
-          save_checkpoint(epoch_end ? epoch + 1 : epoch, epoch_end ? 0 : static_cast<int64_t>(b) + 1);
+        const bool epoch_end = b + 1 == batches.size();
+        auto save = [&] { save_checkpoint(epoch_end ? epoch + 1 : epoch, epoch_end ? 0 : static_cast<int64_t>(b) + 1); };
+        const bool periodic = o_.checkpoint_interval > 0 && rollout % o_.checkpoint_interval == 0;
+        if (periodic) save();
+        if (const int sig = stop_signal_everywhere()) {  // after a training flush: nothing buffered is lost
+          if (!periodic) save();
+          ctx.progress().finish();
+          metrics.flush();
+          throw StopRequested(sig, fmt::format("stopped by {} after rollout {} (step {}); checkpoint {}",
+                                               signal_name(sig), rollout, actor_engine->global_step(),
+                                               (checkpoints / fmt::format("step-{}", actor_engine->global_step())).string()));
         }
       }
       if (o_.eval_interval > 0 && rollout % o_.eval_interval == 0)

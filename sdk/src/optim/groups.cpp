@@ -96,6 +96,7 @@ TrainOptions read_train_options(const ConfigTable& t, const TrainDefaults& defau
   o.eval_interval = t.get_int("eval_interval", 0, 0);
   o.eval_iters = t.get_int("eval_iters", 0, 0);
   o.checkpoint_interval = t.get_int("checkpoint_interval", 0, 0);
+  o.max_nonfinite_steps = t.get_int("max_nonfinite_steps", 3, 1);
   o.lora_dim = t.get_int("lora_dim", 0, 0);
   o.lora_scaling = t.get_float("lora_scaling", 1.0);
   o.lora_module_name = t.get_string("lora_module_name", "");

@@ -159,6 +159,11 @@ class LocalEngine : public Engine {
         result.grad_norm = std::sqrt(squares);
       }
     }
+    if (!std::isfinite(result.grad_norm)) {  // NaN/inf gradients: the weights must not see them
+      zero_grad();
+      result.nonfinite = true;
+      return result;
+    }
     const double mult = lr_multiplier(options_.lr_scheduler, global_step_, options_.num_warmup_steps,
                                       options_.total_steps);
     for (const auto& group : groups_) adamw(group, group.base_lr * mult);

@@ -207,6 +207,14 @@ class PartitionedEngine : public Engine {
     }
     if (stage_ >= 1) squares = comm_.sum(squares);  // the slices partition the gradient
     result.grad_norm = std::sqrt(squares);
+    if (!std::isfinite(result.grad_norm)) {  // NaN/inf gradients (every rank sees the same norm): skip alike
+      for (auto& unit : units_) {
+        if (unit.grad_shard.defined()) unit.grad_shard.zero_();
+        unit.reduced_grads.reset();
+      }
+      result.nonfinite = true;
+      return result;
+    }
     if (options_.max_grad_norm > 0) {
       const double coef = options_.max_grad_norm / (result.grad_norm + 1e-6);  // torch's clip_grad_norm_
       if (coef < 1.0)

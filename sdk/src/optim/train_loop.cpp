@@ -1,6 +1,7 @@
 #include "dschat/sdk/train_loop.h"
 
 #include "dschat/sdk/distributed.h"
+#include "dschat/sdk/interrupt.h"
 
 #include <algorithm>
 #include <chrono>
@@ -107,6 +108,27 @@ void report_memory(StageContext& context, const Engine& engine, const std::strin
   }
 }
 
+bool NonFiniteGuard::skipped(const StepResult& step, int64_t global_step, const std::string& what) {
+  if (!step.boundary) return false;
+  if (!step.nonfinite) {
+    in_a_row_ = 0;
+    return false;
+  }
+  ++total_;
+  ++in_a_row_;
+  const std::string whose = what.empty() ? "" : what + " ";
+  if (in_a_row_ >= limit_)
+    throw std::runtime_error(fmt::format(
+        "{} {}optimizer steps in a row had NaN or inf gradients (the last at step {}; max_nonfinite_steps = {}): "
+        "the run diverged. Lower the learning rate, check the data, or train in bf16/fp32 instead of fp16; "
+        "nothing non-finite was saved and the last checkpoint is intact",
+        in_a_row_, whose, global_step + 1, limit_));
+  if (world().is_main())
+    std::cerr << fmt::format("stage {}: {}step {} skipped: NaN or inf gradients ({} in a row, the stage stops at {})\n",
+                             stage_, whose, global_step + 1, in_a_row_, limit_);
+  return true;
+}
+
 void run_train_loop(StageContext& context, Engine& engine, const TrainOptions& options, int64_t num_examples,
                     const TrainLoopCallbacks& callbacks) {
   TORCH_CHECK(num_examples > 0, "stage ", context.stage_name(), ": no training examples");
@@ -124,7 +146,9 @@ void run_train_loop(StageContext& context, Engine& engine, const TrainOptions& o
     start_batch = client.value("next_batch", int64_t{0});
     std::cout << fmt::format("stage {}: resuming from {} (step {}, epoch {}, batch {})\n", context.stage_name(),
                              latest->string(), engine.global_step(), start_epoch, start_batch);
+    metrics.truncate_after(engine.global_step());  // drop what the interrupted attempt logged after it
   } else {
+    metrics.truncate_after(-1);
     callbacks.evaluate(0);
   }
 
@@ -133,6 +157,7 @@ void run_train_loop(StageContext& context, Engine& engine, const TrainOptions& o
   int64_t last_eval = engine.global_step() == 0 ? 0 : -1;
   double loss_sum = 0.0;
   int64_t loss_count = 0, tokens = 0;
+  NonFiniteGuard nonfinite(context.stage_name(), options.max_nonfinite_steps);
   engine.train(true);
   for (int64_t epoch = start_epoch; epoch < options.epochs && engine.global_step() < total; ++epoch) {
     auto batches = rank_batches(epoch_batches(num_examples, options.per_device_train_batch_size, context.seed(), epoch),
@@ -140,8 +165,6 @@ void run_train_loop(StageContext& context, Engine& engine, const TrainOptions& o
     const int64_t first = epoch == start_epoch ? start_batch : 0;
     for (int64_t b = first; b < static_cast<int64_t>(batches.size()) && engine.global_step() < total; ++b) {
       auto [loss, n] = callbacks.micro_batch(batches[b]);
-      if (!std::isfinite(loss))
-        std::cerr << fmt::format("stage {}: non-finite loss at step {}\n", context.stage_name(), engine.global_step());
       loss_sum += loss;
       ++loss_count;
       tokens += n;
@@ -156,6 +179,12 @@ void run_train_loop(StageContext& context, Engine& engine, const TrainOptions& o
         }
       }
       if (!step.boundary) continue;
+      if (nonfinite.skipped(step, engine.global_step())) {  // no row: the step did not happen
+        loss_sum = 0.0;
+        loss_count = 0;
+        tokens = 0;
+        continue;
+      }
       const int64_t s = engine.global_step();
       // Averaged over the ranks: the loss of the global batch, as one process with accumulation would report.
       const double mean_loss = comm.mean(loss_sum / static_cast<double>(std::max<int64_t>(loss_count, 1)));
@@ -173,14 +202,24 @@ void run_train_loop(StageContext& context, Engine& engine, const TrainOptions& o
         last_eval = s;
         engine.train(true);
       }
-      if (options.checkpoint_interval > 0 && s % options.checkpoint_interval == 0) {
+      auto save = [&] {
         nlohmann::json client = {{"epoch", epoch_end ? epoch + 1 : epoch}, {"next_batch", epoch_end ? 0 : b + 1}};
         engine.save_checkpoint(checkpoints / fmt::format("step-{}", s), client);
         if (comm.is_main()) prune_checkpoints(context.stage_dir(), 2);  // keep the two newest
+      };
+      const bool periodic = options.checkpoint_interval > 0 && s % options.checkpoint_interval == 0;
+      if (periodic) save();
+      if (const int sig = stop_signal_everywhere()) {  // every rank stops after this same step
+        if (!periodic) save();
+        progress.finish();
+        metrics.flush();
+        throw StopRequested(sig, fmt::format("stopped by {} after step {} of {}; checkpoint {}", signal_name(sig), s,
+                                             total, (checkpoints / fmt::format("step-{}", s)).string()));
       }
     }
   }
   progress.finish();
+  metrics.scalar("train/nonfinite_skipped_steps", static_cast<double>(nonfinite.total()), engine.global_step());
   if (last_eval != engine.global_step()) callbacks.evaluate(engine.global_step());
   metrics.flush();
 }

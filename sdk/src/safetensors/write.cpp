@@ -10,6 +10,7 @@
 #include <cstring>
 #include <set>
 
+#include <ATen/ops/isfinite.h>
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
@@ -78,6 +79,10 @@ void check_tensors(const std::filesystem::path& where, const std::vector<std::pa
     if (!dtype_name(t.scalar_type()))
       throw SafetensorsError(where, fmt::format("tensor '{}' has dtype {}, which safetensors cannot store", name,
                                                 c10::toString(t.scalar_type())));
+    // A diverged run must not leave a model (or a checkpoint to resume into) that later stages would reuse.
+    if (at::isFloatingType(t.scalar_type()) && t.numel() > 0 && !at::isfinite(t).all().item<bool>())
+      throw SafetensorsError(where, fmt::format("tensor '{}' holds NaN or inf values: refusing to save a non-finite "
+                                                "model", name));
   }
 }
 

@@ -7,7 +7,9 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <string_view>
 
@@ -41,16 +43,21 @@ class EventFileWriter {
 };
 
 // A stage's metrics: <stage_dir>/tensorboard/events.out.tfevents.* and <stage_dir>/metrics.jsonl
-// ({"step","tag","value","time"} per line). Appends, so a resumed stage keeps its earlier history.
+// ({"step","tag","value","time"} per line). Appends, so a resumed stage keeps its earlier history;
+// truncate_after() cuts it back to the resumed step and rewrites the TensorBoard events as one file from the
+// kept rows, so TensorBoard shows one run without repeated steps.
 class StageMetrics : public MetricsSink {
  public:
   explicit StageMetrics(const std::filesystem::path& stage_dir);
   void scalar(const std::string& tag, double value, int64_t step) override;
   void flush() override;
+  void truncate_after(int64_t step) override;
 
  private:
-  EventFileWriter events_;
+  std::filesystem::path dir_;
+  std::unique_ptr<EventFileWriter> events_;
   std::ofstream jsonl_;
+  std::set<std::pair<std::string, int64_t>> kept_;  // (tag, step) of the rows kept by truncate_after
 };
 
 // The live line: "label step/total  k v ...  rate items/s  ETA". On a terminal it rewrites itself with '\r';

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "dschat/sdk/interrupt.h"
 #include "dschat/sdk/abi.h"
 #include "dschat/sdk/config.h"
 #include "dschat/sdk/plugin.h"
@@ -107,6 +108,8 @@ auto call_plugin(const PluginEntry& entry, Fn&& fn) -> decltype(fn()) {
   } catch (const ConfigError&) {
     throw;
   } catch (const PluginError&) {
+    throw;
+  } catch (const StopRequested&) {  // a graceful stop is not the plugin's failure
     throw;
   } catch (const std::exception& e) {
     throw PluginError(plugin_label(entry) + " " + e.what());

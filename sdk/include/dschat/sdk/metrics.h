@@ -13,6 +13,9 @@ class MetricsSink {
   // tag like "train/loss", "eval/accuracy"; step is the stage's optimizer step.
   virtual void scalar(const std::string& tag, double value, int64_t step) = 0;
   virtual void flush() = 0;
+  // A stage (re)starting at `step` (-1: from scratch) drops what an interrupted attempt recorded after it, so
+  // the history holds each step once; a row the new attempt writes again for a kept (tag, step) is ignored.
+  virtual void truncate_after(int64_t /*step*/) {}
 };
 
 class Progress {

@@ -82,6 +82,7 @@ struct TrainOptions {
   int64_t eval_interval = 0;    // optimizer steps; 0: only at the start and the end
   int64_t eval_iters = 0;       // eval batches; 0: all
   int64_t checkpoint_interval = 0;  // optimizer steps; 0: no periodic checkpoints
+  int64_t max_nonfinite_steps = 3;  // optimizer steps in a row skipped for NaN/inf before the stage stops
   int64_t lora_dim = 0;
   double lora_scaling = 1.0;
   std::string lora_module_name;
@@ -92,7 +93,7 @@ struct TrainOptions {
 };
 // Reads the shared keys: model, epochs, per_device_{train,eval}_batch_size, gradient_accumulation_steps,
 // learning_rate, lora_learning_rate, weight_decay, lr_scheduler, num_warmup_steps, max_steps, eval_interval,
-// eval_iters, checkpoint_interval, lora_dim, lora_scaling, lora_module_name, lora_targets, only_optimize_lora,
+// eval_iters, checkpoint_interval, max_nonfinite_steps, lora_dim, lora_scaling, lora_module_name, lora_targets, only_optimize_lora,
 // gradient_checkpointing, max_grad_norm, dtype.
 DSCHAT_SDK_API TrainOptions read_train_options(const ConfigTable& table, const TrainDefaults& defaults);
 

@@ -47,7 +47,8 @@ struct OptimizerOptions {
 // What one engine->step() did.
 struct StepResult {
   bool boundary = false;  // an accumulation boundary: the optimizer was due
-  bool applied = false;   // the optimizer stepped (false at a boundary = skipped for fp16 overflow)
+  bool applied = false;   // the optimizer stepped (false at a boundary: skipped, weights untouched)
+  bool nonfinite = false;  // skipped because the gradients held NaN or inf (not an fp16 loss-scale overflow)
   double grad_norm = 0.0;  // total norm before clipping (at a boundary)
   double lr = 0.0;         // the lr the step used (first group)
   double loss_scale = 1.0;

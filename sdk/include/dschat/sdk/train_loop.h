@@ -49,6 +49,23 @@ DSCHAT_SDK_API std::optional<std::filesystem::path> latest_checkpoint(const std:
 DSCHAT_SDK_API void prune_checkpoints(const std::filesystem::path& stage_dir, size_t keep,
                                       const std::string& marker = "engine.json");
 
+// Optimizer steps the engine skipped because the gradients held NaN or inf (the weights stay as they were). A
+// few in a row can pass (one bad batch); `limit` in a row stop the stage with an error, so a diverged model is
+// never trained on, saved or marked complete.
+class DSCHAT_SDK_API NonFiniteGuard {
+ public:
+  NonFiniteGuard(std::string stage, int64_t limit) : stage_(std::move(stage)), limit_(limit) {}
+  // True when `step` was skipped for non-finite values (reported on stderr); throws at the limit.
+  bool skipped(const StepResult& step, int64_t global_step, const std::string& what = "");
+  int64_t total() const { return total_; }
+
+ private:
+  std::string stage_;
+  int64_t limit_;
+  int64_t in_a_row_ = 0;
+  int64_t total_ = 0;
+};
+
 struct TrainLoopCallbacks {
   // Forward + engine.backward on one micro-batch; returns the (unscaled) loss value and the tokens it covered.
   std::function<std::pair<double, int64_t>(const std::vector<int64_t>& example_indices)> micro_batch;
