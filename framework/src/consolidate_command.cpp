@@ -1,5 +1,6 @@
 // `dschat consolidate`: a sharded ddp / zero checkpoint (shard-R-of-N.safetensors + manifest.json) back into one
-// HF folder that transformers loads. The manifest gives every parameter's unit, offset and shape in the flat
+// HF folder that transformers loads (for a reward model or critic: the reward stage's folder, value head and
+// reward_model.json included). The manifest gives every parameter's unit, offset and shape in the flat
 // layout, so the slices of any world size are put back together without the ranks that wrote them.
 #include <iostream>
 #include <map>
@@ -14,6 +15,7 @@
 #include "dschat/framework/registry.h"
 #include "dschat/sdk/config_document.h"
 #include "dschat/sdk/model.h"
+#include "dschat/sdk/reward_model.h"
 #include "dschat/sdk/safetensors.h"
 #include "dschat/sdk/tokenizer.h"
 
@@ -56,6 +58,21 @@ std::map<std::string, at::Tensor> consolidate(const fs::path& checkpoint) {
   return params;
 }
 
+// How the reward stage scored: reward_model.json of the --like folder when it is a reward stage's output, else what
+// the reward stage would derive from the tokenizer (DeepSpeed-Chat pads with eos; OPT-style tokenizers start each
+// sequence with it, which counts as one padding at the beginning).
+nlohmann::json reward_conventions(const fs::path& like, const Tokenizer* tokenizer) {
+  if (fs::exists(like / "reward_model.json")) return read_json_object(like / "reward_model.json", "");
+  if (tokenizer == nullptr)
+    throw std::runtime_error(fmt::format("{} has neither reward_model.json nor a tokenizer to derive the pad token "
+                                         "from", like.string()));
+  auto pad = tokenizer->eos_id() ? tokenizer->eos_id() : tokenizer->pad_id();
+  if (!pad) throw std::runtime_error(fmt::format("the tokenizer of {} has neither a pad nor an eos token", like.string()));
+  auto probe = tokenizer->encode("a", /*add_special_tokens=*/true);
+  const int64_t npb = !probe.empty() && probe.front() == *pad ? 1 : 0;
+  return {{"pad_token_id", *pad}, {"num_padding_at_beginning", npb}, {"value_head", "v_head.weight"}};
+}
+
 int consolidate_command(const std::vector<std::string>& args) {
   po::options_description options("options");
   options.add_options()("checkpoint", po::value<std::string>()->required(), "checkpoint folder (checkpoints/step-N)")(
@@ -90,35 +107,48 @@ int consolidate_command(const std::vector<std::string>& args) {
     return 2;
   }
 
+  // engine.json is written last: without it the save was interrupted and some shards may be missing or stale.
+  if (!fs::exists(checkpoint / "engine.json")) {
+    std::cerr << fmt::format("dschat consolidate: {} is incomplete (no engine.json, which a save writes last): an "
+                             "interrupted save; use an earlier step-N folder\n", checkpoint.string());
+    return 1;
+  }
   auto params = consolidate(checkpoint);
   PluginRegistry registry;
   registry.discover(PluginRegistry::search_paths({}));
   nlohmann::json hf_config = read_hf_config(like);
   auto no_options = ConfigDocument::parse_string("", "<consolidate>", ".");
   auto family = registry.create<ModelFamily>(hf_config.value("model_type", ""), no_options->root());
-  auto model = family->build(hf_config, {});
+  std::shared_ptr<CausalLM> model = family->build(hf_config, {});
+  // A reward model or critic checkpoint names its parameters as the RewardModel module does: the base model under
+  // "rwtransformer." beside "v_head.weight". Filling that module writes the same folder the reward stage does.
+  const bool reward_model = params.count("v_head.weight") != 0;
+  std::shared_ptr<RewardModel> rm = reward_model ? std::make_shared<RewardModel>(model) : nullptr;
+  torch::nn::Module& target = reward_model ? static_cast<torch::nn::Module&>(*rm) : *model;
   at::NoGradGuard no_grad;
-  // A reward model / critic trains its LM under "base." next to a value head.
-  std::vector<std::pair<std::string, at::Tensor>> value_head;
-  for (auto& [name, tensor] : params)
-    if (name.rfind("v_head.", 0) == 0) value_head.emplace_back(name, tensor);
-  for (auto& item : model->named_parameters(true)) {
+  for (auto& item : target.named_parameters(true)) {
     auto it = params.find(item.key());
-    if (it == params.end()) it = params.find("base." + item.key());
     if (it == params.end())
-      throw std::runtime_error(fmt::format("{}: the checkpoint has no parameter '{}' of the {} model in {}",
-                                           checkpoint.string(), item.key(), family->model_type(), like.string()));
+      throw std::runtime_error(fmt::format("{}: the checkpoint has no parameter '{}' of the {} {} built from {}",
+                                           checkpoint.string(), item.key(), family->model_type(),
+                                           reward_model ? "reward model" : "model", like.string()));
     if (it->second.sizes() != item.value().sizes())
       throw std::runtime_error(fmt::format("{}: parameter '{}' has shape {}, the model built from {} expects {}",
                                            checkpoint.string(), item.key(), c10::str(it->second.sizes()),
                                            (like / "config.json").string(), c10::str(item.value().sizes())));
     item.value().copy_(it->second);
   }
-  ExportOptions export_options;
-  if (dtype == "bf16") export_options.dtype = at::kBFloat16;
-  family->export_hf(*model, out, export_options);
-  if (!value_head.empty()) safetensors::save_file(out / "value_head.safetensors", value_head);
-  if (fs::exists(like / "tokenizer.json") || fs::exists(like / "vocab.json")) Tokenizer::from_dir(like)->save(out);
+  std::shared_ptr<Tokenizer> tokenizer;
+  if (fs::exists(like / "tokenizer.json") || fs::exists(like / "vocab.json")) tokenizer = Tokenizer::from_dir(like);
+  if (reward_model) {
+    if (dtype == "bf16") rm->to(at::kBFloat16);
+    save_reward_model(*rm, *family, tokenizer.get(), out, reward_conventions(like, tokenizer.get()));
+  } else {
+    ExportOptions export_options;
+    if (dtype == "bf16") export_options.dtype = at::kBFloat16;
+    family->export_hf(*model, out, export_options);
+    if (tokenizer) tokenizer->save(out);
+  }
   std::cout << fmt::format("consolidated {} ({} parameters) into {}\n", checkpoint.string(), params.size(),
                            out.string());
   return 0;
