@@ -70,8 +70,15 @@ po::options_description pipeline_options() {
   po::options_description options("options");
   options.add_options()("file", po::value<std::string>()->required(), "pipeline file (TOML)")(
       "set", po::value<std::vector<std::string>>()->composing(),
-      "override a key, e.g. --set stage.rlhf.lr=1e-6 (repeatable; value in TOML syntax)");
+      "override a key, e.g. --set stage.rlhf.lr=1e-6 (repeatable; value in TOML syntax)")(
+      "allow-insecure-plugins", "load plugin libraries that other users could have replaced (writable by them)");
   return options;
+}
+
+// The registry reads the permission policy from the environment, so every registry of this process (and the
+// ranks a launcher started from it) follows the flag.
+void apply_plugin_policy(const po::variables_map& vm) {
+  if (vm.count("allow-insecure-plugins")) ::setenv("DSCHAT_ALLOW_INSECURE_PLUGINS", "1", 1);
 }
 
 int command_validate(const std::vector<std::string>& args, bool run, bool dry_run_allowed) {
@@ -83,6 +90,7 @@ int command_validate(const std::vector<std::string>& args, bool run, bool dry_ru
   auto vm = parse_command(command, options, positional, args, "FILE [--set key.path=value ...]" +
                                                                   std::string(run ? " [--dry-run]" : ""));
   if (!vm) return kExitOk;
+  apply_plugin_policy(*vm);
   std::vector<std::string> overrides;
   if (vm->count("set")) overrides = (*vm)["set"].as<std::vector<std::string>>();
 
@@ -144,10 +152,12 @@ int command_plugins(const std::vector<std::string>& args) {
   po::options_description options("options");
   options.add_options()("json", "print the table as JSON")(
       "path", po::value<std::vector<std::string>>()->composing(),
-      "extra plugin folder or file, searched first (repeatable)");
+      "extra plugin folder or file, searched first (repeatable)")(
+      "allow-insecure-plugins", "load plugin libraries that other users could have replaced (writable by them)");
   po::positional_options_description positional;
-  auto vm = parse_command("plugins", options, positional, args, "[--json] [--path DIR ...]");
+  auto vm = parse_command("plugins", options, positional, args, "[--json] [--path DIR ...] [--allow-insecure-plugins]");
   if (!vm) return kExitOk;
+  apply_plugin_policy(*vm);
   std::vector<std::filesystem::path> extra;
   if (vm->count("path"))
     for (const auto& p : (*vm)["path"].as<std::vector<std::string>>()) extra.emplace_back(p);

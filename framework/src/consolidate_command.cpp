@@ -118,7 +118,12 @@ int consolidate_command(const std::vector<std::string>& args) {
   registry.discover(PluginRegistry::search_paths({}));
   nlohmann::json hf_config = read_hf_config(like);
   auto no_options = ConfigDocument::parse_string("", "<consolidate>", ".");
-  auto family = registry.create<ModelFamily>(hf_config.value("model_type", ""), no_options->root());
+  if (!hf_config.contains("model_type") || !hf_config["model_type"].is_string()) {
+    std::cerr << "dschat consolidate: " << (like / "config.json").string()
+              << " has no string \"model_type\" (which model family is this?)\n";
+    return 2;
+  }
+  auto family = registry.create<ModelFamily>(hf_config["model_type"].get<std::string>(), no_options->root());
   std::shared_ptr<CausalLM> model = family->build(hf_config, {});
   // A reward model or critic checkpoint names its parameters as the RewardModel module does: the base model under
   // "rwtransformer." beside "v_head.weight". Filling that module writes the same folder the reward stage does.

@@ -1,6 +1,11 @@
 #include "dschat/framework/registry.h"
 
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <cstdlib>
+#include <cstring>
+#include <iostream>
 #include <set>
 #include <sstream>
 
@@ -62,6 +67,45 @@ bool is_plugin_file(const std::filesystem::path& p) {
   return name.rfind("lib", 0) == 0 && p.extension() == ".so";
 }
 
+// Code that another user could have replaced is not run, as ssh refuses such keys: the library must be owned by
+// you or root and not writable by group or others, and so must the folder holding it (a sticky folder such as
+// /tmp is fine for the folder: others cannot replace a file they do not own there). Empty when it is safe.
+std::string insecurity(const std::filesystem::path& file) {
+  auto check = [](const std::filesystem::path& p, bool folder) -> std::string {
+    struct stat st {};
+    if (::stat(p.c_str(), &st) != 0) return "";
+    const char* what = folder ? "its folder " : "";
+    if (st.st_uid != ::geteuid() && st.st_uid != 0)
+      return fmt::format("{}{} is owned by uid {}, not by you (uid {}) or root", what, p.string(), st.st_uid,
+                         ::geteuid());
+    const bool sticky_folder = folder && (st.st_mode & S_ISVTX);
+    if ((st.st_mode & (S_IWGRP | S_IWOTH)) && !sticky_folder)
+      return fmt::format("{}{} is writable by {} (mode {:04o})", what, p.string(),
+                         (st.st_mode & S_IWOTH) ? "every user" : "its group", st.st_mode & 07777);
+    return "";
+  };
+  if (auto reason = check(file, false); !reason.empty()) return reason;
+  return check(file.parent_path(), true);
+}
+
+bool insecure_plugins_allowed() {
+  const char* v = std::getenv("DSCHAT_ALLOW_INSECURE_PLUGINS");
+  return v != nullptr && std::string(v) == "1";
+}
+
+// Boost.DLL wraps dlerror's text ("boost::dll::shared_library::load() failed (dlerror system message: X): Bad
+// file descriptor") and appends the errno left over from dlopen, which says nothing about the library: keep X.
+std::string load_error(std::string raw) {
+  const std::string marker = "dlerror system message: ";
+  const size_t start = raw.find(marker), end = raw.rfind(')');
+  if (start != std::string::npos && end != std::string::npos && end > start)
+    return raw.substr(start + marker.size(), end - start - marker.size());
+  for (const char* tail : {": Bad file descriptor", ": Success"})
+    if (raw.size() > std::strlen(tail) && raw.compare(raw.size() - std::strlen(tail), std::string::npos, tail) == 0)
+      raw.erase(raw.size() - std::strlen(tail));
+  return raw;
+}
+
 // Field-by-field comparison with the host's own fingerprint; empty when they agree.
 std::vector<std::string> fingerprint_mismatches(const dschat_build_fingerprint& found) {
   const dschat_build_fingerprint host = this_build_fingerprint();
@@ -92,9 +136,19 @@ void PluginRegistry::discover(const std::vector<PluginSearchPath>& paths) {
     if (!std::filesystem::is_directory(search.path, ec)) continue;  // a missing folder is not an error
     std::vector<std::filesystem::path> files;
     for (const auto& e : std::filesystem::directory_iterator(search.path, ec))
-      if (e.is_regular_file() && is_plugin_file(e.path())) files.push_back(e.path());
+      if (is_plugin_file(e.path())) files.push_back(e.path());
     std::sort(files.begin(), files.end());  // deterministic order, whatever the file system's
-    for (const auto& f : files) load_library(f, search.origin);
+    for (const auto& f : files) {
+      if (std::filesystem::is_regular_file(f, ec)) {
+        load_library(f, search.origin);
+        continue;
+      }
+      auto record = std::make_shared<PluginLibrary>();  // named like a plugin but not a file: say so, not skip it
+      record->file = std::filesystem::absolute(f).lexically_normal();
+      record->origin = search.origin;
+      record->status = "rejected: named like a plugin library but not a regular file (a folder?)";
+      libraries_.push_back(record);
+    }
   }
 }
 
@@ -113,6 +167,16 @@ void PluginRegistry::load_library(const std::filesystem::path& file, PluginOrigi
     }
   }
 
+  if (std::string reason = insecurity(record->file); !reason.empty()) {
+    if (!insecure_plugins_allowed()) {
+      record->status = fmt::format("refused: insecure: {}; fix the permissions (chmod go-w), or pass "
+                                   "--allow-insecure-plugins to load it anyway", reason);
+      return;
+    }
+    std::cerr << fmt::format("warning: loading {} although {} (--allow-insecure-plugins)\n", record->file.string(),
+                             reason);
+  }
+
   try {
     namespace dll = boost::dll;
     record->library = std::make_shared<dll::shared_library>(
@@ -123,7 +187,7 @@ void PluginRegistry::load_library(const std::filesystem::path& file, PluginOrigi
                          ? fmt::format("rejected: unresolved symbol on load, probably ABI drift (a library built "
                                        "against another LibTorch/SDK); loader said: {}",
                                        raw)
-                         : fmt::format("rejected: cannot load: {}", raw);
+                         : fmt::format("rejected: cannot load: {}", load_error(raw));
     return;
   }
   if (!record->library->has(DSCHAT_MANIFEST_SYMBOL)) {
