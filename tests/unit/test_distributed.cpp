@@ -1,7 +1,8 @@
 // Multi-process runs on two Gloo ranks over loopback, started by torchrun (--no-python) or by hand with the
 // launcher variables: the strategies give the single-process losses, a PPO iteration runs under ZeRO-3 with the
-// hybrid engine, the 2-rank quickstart runs, sharded checkpoints load into another world size, and a killed rank
-// stops its peer within the timeout without touching the last checkpoint.
+// hybrid engine, the 2-rank quickstart runs, sharded checkpoints load into another world size, a killed rank
+// stops its peer within the timeout without touching the last checkpoint, and ranks started inconsistently stop
+// at once.
 #include <unistd.h>
 
 #include <chrono>
@@ -406,4 +407,67 @@ TEST(TwoRanks, TheSingleStrategyRefusesSeveralRanks) {
   EXPECT_NE(result.exit_code, 0);
   EXPECT_NE(result.output.find("use [strategy] plugin = \"ddp\" or \"zero\""), std::string::npos) << result.output;
   EXPECT_FALSE(fs::exists(out_root() / "single-2rank" / "sft" / "final" / "COMPLETE"));
+}
+
+// Two ranks started by hand with variables that disagree (`rank1`: RANK and WORLD_SIZE of the second process;
+// the first is rank 0 of `size0`): both must stop at the rendezvous at once, naming what each said, not wait out
+// the 60 s timeout for a rank that never comes.
+struct Disagreement {
+  std::string output, rank0, rank1;
+};
+static Disagreement start_inconsistent_ranks(const std::string& name, int size0, const std::string& rank1) {
+  auto file = write_pipeline(name, "plugin = \"zero\"\nstage = 2", 4, 1);
+  // Below Linux's ephemeral ports (32768-), which outgoing connections may hold.
+  const int port = 20000 + static_cast<int>((::getpid() * 7 + name.size()) % 12000);
+  const auto dir = out_root() / name;
+  const auto script = fmt::format(R"(
+export MASTER_ADDR=127.0.0.1 MASTER_PORT={port}
+args="run {file} --set distributed.timeout_s=60"
+start=$(date +%s%N)
+RANK=0 WORLD_SIZE={size0} {exe} $args > {dir}/rank0.log 2>&1 &
+p0=$!
+{rank1} {exe} $args > {dir}/rank1.log 2>&1 &
+p1=$!
+wait $p0; rc0=$?
+wait $p1; rc1=$?
+end=$(date +%s%N)
+echo "rc0=$rc0 rc1=$rc1 seconds=$(( (end - start) / 1000000 ))e-3"
+)",
+                                  fmt::arg("port", port), fmt::arg("exe", DSCHAT_EXE), fmt::arg("file", file.string()),
+                                  fmt::arg("dir", dir.string()), fmt::arg("size0", size0), fmt::arg("rank1", rank1));
+  fs::create_directories(dir);
+  std::ofstream(dir / "start.sh") << script;
+  Disagreement result;
+  result.output = run_command("bash " + (dir / "start.sh").string()).output;
+  for (auto [log, text] : {std::pair{"rank0.log", &result.rank0}, std::pair{"rank1.log", &result.rank1}}) {
+    std::ifstream in(dir / log);
+    text->assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  }
+  return result;
+}
+
+static void expect_both_stop_naming(const Disagreement& d, const std::string& first, const std::string& second) {
+  ASSERT_NE(d.output.find("rc0="), std::string::npos) << d.output;
+  EXPECT_EQ(d.output.find("rc0=0 "), std::string::npos) << d.output << d.rank0;
+  EXPECT_EQ(d.output.find("rc1=0 "), std::string::npos) << d.output << d.rank1;
+  const double seconds = std::stod(d.output.substr(d.output.find("seconds=") + 8));
+  EXPECT_LT(seconds, 20.0) << "the ranks waited for the timeout (60 s)\n" << d.rank0 << d.rank1;
+  for (const std::string* log : {&d.rank0, &d.rank1}) {
+    EXPECT_NE(log->find("the launcher started inconsistent ranks"), std::string::npos) << *log;
+    EXPECT_NE(log->find(first), std::string::npos) << *log;
+    EXPECT_NE(log->find(second), std::string::npos) << *log;
+  }
+  std::cout << fmt::format("both ranks stopped after {:.2f} s: {}", seconds,
+                           d.rank0.substr(d.rank0.rfind("error:") == std::string::npos ? 0 : d.rank0.rfind("error:")));
+}
+
+TEST(TwoRanks, RanksThatDisagreeOnTheWorldSizeStopAtOnce) {
+  auto d = start_inconsistent_ranks("size-mismatch", 3, "RANK=1 WORLD_SIZE=2");
+  expect_both_stop_naming(d, "env rank 0 of 3", "env rank 1 of 2");
+}
+
+TEST(TwoRanks, TwoRanksThatClaimRankZeroStopAtOnce) {
+  auto d = start_inconsistent_ranks("rank-twice", 2, "RANK=0 WORLD_SIZE=2");
+  ASSERT_NE(d.rank0.find("env rank 0 of 2"), std::string::npos) << d.rank0;
+  expect_both_stop_naming(d, "env rank 0 of 2 (pid", "and env rank 0 of 2 (pid");
 }

@@ -15,11 +15,15 @@
 #endif
 
 #include <ATen/ops/scalar_tensor.h>
+#include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <iostream>
 #include <mutex>
+#include <sstream>
+#include <thread>
 
 #include <fmt/format.h>
 
@@ -184,6 +188,56 @@ bool is_loopback(const std::string& host) {
   return host == "localhost" || host.rfind("127.", 0) == 0 || host == "::1";
 }
 
+std::string text(const std::vector<uint8_t>& bytes) { return std::string(bytes.begin(), bytes.end()); }
+
+// Every rank signs in with what its launcher told it and checks the ranks that signed in before it: one that
+// disagrees (another world size, a rank already taken) posts the disagreement, so every rank stops now instead
+// of waiting out the timeout for ranks that will never come. Replaces TCPStore's waitWorkers, which would wait
+// for rank 0's idea of the world size.
+void sign_in(c10d::Store& store, const LaunchEnvironment& env, bool serving, std::chrono::milliseconds timeout) {
+  char host[256] = "?";
+  ::gethostname(host, sizeof(host) - 1);
+  const std::string me =
+      fmt::format("{} rank {} of {} (pid {} on {})", env.launcher, env.rank, env.world_size, ::getpid(), host);
+  const std::string where = fmt::format("rank {}/{}", env.rank, env.world_size);
+  // The rank that serves the store stays until every rank that signed in has read the error (5 s at most):
+  // leaving at once would close the store under those still polling.
+  auto stop = [&](const std::string& problem) {
+    store.add("join/stopped", 1);
+    for (auto until = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+         serving && store.add("join/stopped", 0) < store.add("join/count", 0) &&
+         std::chrono::steady_clock::now() < until;)
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    return DistributedError(fmt::format("{}: {}", where, problem));
+  };
+  const int64_t index = store.add("join/count", 1);
+  store.set(fmt::format("join/{}", index), fmt::format("{} {} {}", env.rank, env.world_size, me));
+  for (int64_t i = 1; i < index; ++i) {
+    std::istringstream record(text(store.get(fmt::format("join/{}", i))));
+    int rank = -1, size = -1;
+    std::string them;
+    record >> rank >> size >> std::ws;
+    std::getline(record, them);
+    if (size == env.world_size && rank != env.rank) continue;
+    const std::string problem = fmt::format(
+        "the launcher started inconsistent ranks: {} and {} met at {}:{}; every rank needs the same world size "
+        "and a rank of its own (or another run uses the same MASTER_ADDR:MASTER_PORT)",
+        them, me, env.master_addr, env.master_port);
+    store.set("join/error", problem);
+    throw stop(problem);
+  }
+  store.add("join/checked", 1);
+  for (const auto deadline = std::chrono::steady_clock::now() + timeout;;) {
+    if (store.check({"join/error"})) throw stop(text(store.get("join/error")));
+    const int64_t checked = store.add("join/checked", 0);
+    if (checked >= env.world_size) return;
+    if (std::chrono::steady_clock::now() > deadline)
+      throw DistributedError(fmt::format("{}: {} of {} ranks signed in at {}:{} within {:.0f} s", where, checked,
+                                         env.world_size, env.master_addr, env.master_port, timeout.count() / 1000.0));
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+}
+
 }  // namespace
 
 void init_world(const LaunchEnvironment& env, const DistributedOptions& options) {
@@ -205,11 +259,29 @@ void init_world(const LaunchEnvironment& env, const DistributedOptions& options)
     store_options.port = static_cast<uint16_t>(env.master_port);
     store_options.isServer = !env.agent_store && env.rank == 0;
     store_options.numWorkers = env.agent_store ? std::nullopt : std::optional<size_t>(env.world_size);
-    store_options.waitWorkers = !env.agent_store;
+    store_options.waitWorkers = false;  // sign_in below waits, and notices ranks that disagree
     store_options.timeout = timeout;
-    store = c10::make_intrusive<c10d::TCPStore>(env.master_addr, store_options);
+    try {
+      store = c10::make_intrusive<c10d::TCPStore>(env.master_addr, store_options);
+    } catch (const std::exception&) {
+      // Rank 0's port is taken: perhaps by another process that also says rank 0. Join its store as a client
+      // (briefly), so sign_in can say so; anything else that holds the port fails with the bind error.
+      if (!store_options.isServer) throw;
+      const auto bind_error = std::current_exception();
+      store_options.isServer = false;
+      store_options.timeout = std::min(timeout, std::chrono::milliseconds(5000));
+      try {
+        store = c10::make_intrusive<c10d::TCPStore>(env.master_addr, store_options);
+      } catch (const std::exception&) {
+        std::rethrow_exception(bind_error);
+      }
+      store->setTimeout(timeout);
+    }
     if (env.agent_store) store = c10::make_intrusive<c10d::PrefixStore>(env.store_prefix, store);
     store = c10::make_intrusive<c10d::PrefixStore>("dschat/world", store);
+    sign_in(*store, env, store_options.isServer, timeout);
+  } catch (const DistributedError&) {
+    throw;
   } catch (const std::exception& e) {
     std::string cause = e.what();
     throw DistributedError(fmt::format(
