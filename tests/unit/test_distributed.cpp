@@ -177,6 +177,10 @@ TEST(LaunchEnvironment, ReadsTorchrunSlurmAndOpenMpiVariables) {
   EXPECT_EQ(m.launcher, "mpirun");
   EXPECT_EQ(m.rank, 1);
   EXPECT_EQ(m.master_addr, "127.0.0.1");
+  EXPECT_EQ(m.master_port, 29500);
+  auto job = from({{"OMPI_COMM_WORLD_RANK", "0"}, {"OMPI_COMM_WORLD_SIZE", "2"},
+                   {"OMPI_MCA_ess_base_jobid", "2111569921"}});
+  EXPECT_EQ(job.master_port, 20000 + 2111569921 % 10000);
 
   try {
     from({{"RANK", "x"}, {"WORLD_SIZE", "2"}});

@@ -75,6 +75,13 @@ LaunchEnvironment detect_launch_environment(const Getenv& getenv_in) {
     env.rank = read_int(getenv, "OMPI_COMM_WORLD_RANK", 0).value_or(0);
     env.local_rank = read_int(getenv, "OMPI_COMM_WORLD_LOCAL_RANK", 0).value_or(env.rank);
     env.local_world_size = read_int(getenv, "OMPI_COMM_WORLD_LOCAL_SIZE", 1).value_or(env.world_size);
+    // One port per mpirun, as per Slurm job below, so two jobs sharing a node do not collide: Open MPI 4 gives
+    // each job's ranks its 32-bit job id.
+    if (auto job = read(getenv, "OMPI_MCA_ess_base_jobid")) {
+      char* end = nullptr;
+      const unsigned long long id = std::strtoull(job->c_str(), &end, 10);
+      if (*end == '\0') env.master_port = 20000 + static_cast<int>(id % 10000);
+    }
   } else if (auto size = read_int(getenv, "SLURM_NTASKS", 1); size && read(getenv, "SLURM_PROCID")) {
     env.launcher = "slurm";
     env.world_size = *size;
