@@ -11,6 +11,7 @@
 
 #include "dschat/sdk/nn/linear.h"
 #include "dschat/sdk/safetensors.h"
+#include "nesting_limits.h"
 
 namespace dschat {
 
@@ -210,11 +211,15 @@ std::string hf_string(const nlohmann::json& config, const char* key, const std::
 }
 
 nlohmann::json read_json_object(const fs::path& file, const std::string& what) {
-  std::ifstream in(file);
+  std::ifstream in(file, std::ios::binary);
   if (!in) throw std::runtime_error(file.string() + ": cannot open " + what);
+  const std::string text{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+  if (auto deep = limits::json_nesting_excess(text))
+    throw std::runtime_error(fmt::format("{}: invalid JSON: nests deeper than {} levels (line {}, column {})",
+                                         file.string(), limits::kMaxJsonDepth, deep->line, deep->column));
   nlohmann::json value;
   try {
-    value = nlohmann::json::parse(in);
+    value = nlohmann::json::parse(text);
   } catch (const nlohmann::json::exception& e) {
     throw std::runtime_error(file.string() + ": invalid JSON: " + e.what());
   }

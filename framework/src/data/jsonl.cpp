@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "dschat/framework/data.h"
+#include "../../../sdk/src/nesting_limits.h"
 
 namespace dschat {
 
@@ -42,10 +43,13 @@ void for_each_line(const std::filesystem::path& path, Fn&& fn) {
 }
 
 nlohmann::json parse_object(const std::filesystem::path& path, int64_t line_number, std::string_view line) {
+  if (auto deep = limits::json_nesting_excess(line))
+    throw DataError(fmt::format("{}:{}: JSON nests deeper than {} levels at column {}", path.string(), line_number,
+                                limits::kMaxJsonDepth, deep->column));
   nlohmann::json row;
   try {
     row = nlohmann::json::parse(line);
-  } catch (const nlohmann::json::parse_error& e) {
+  } catch (const nlohmann::json::exception& e) {  // parse_error, or out_of_range for a number like 1e999
     // e.what() carries "[json.exception.parse_error.101] parse error at line 1, column 7: ..."; keep the column.
     std::string what = e.what();
     auto at = what.find("column");

@@ -16,6 +16,7 @@
 #include <nlohmann/json.hpp>
 
 #include "dschat/sdk/safetensors.h"
+#include "../nesting_limits.h"
 
 static_assert(std::endian::native == std::endian::little, "safetensors data is little-endian; add byte swapping");
 
@@ -112,6 +113,10 @@ json parse_header(const std::filesystem::path& path, const char* begin, const ch
     }
     return true;
   };
+  if (auto deep = limits::json_nesting_excess({begin, static_cast<size_t>(end - begin)}))
+    throw SafetensorsError(path, fmt::format("header nests deeper than {} levels (at byte {} of the header); corrupt or "
+                                             "not a safetensors file",
+                                             limits::kMaxJsonDepth, deep->offset));
   json header;
   try {
     header = json::parse(begin, end, reject_duplicates);

@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "../nesting_limits.h"
 #include "dschat/sdk/tokenizer.h"
 #include "pipeline.h"
 
@@ -305,9 +306,12 @@ std::string read_file(const std::filesystem::path& p) {
 }
 
 json parse_json(const std::string& text, const std::string& file) {
+  if (auto deep = limits::json_nesting_excess(text))
+    throw TokenizerError(fmt::format("{}: not a tokenizer file: JSON nests deeper than {} levels (line {}, column {})",
+                                     file, limits::kMaxJsonDepth, deep->line, deep->column));
   try {
     return json::parse(text);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse_error, or out_of_range for a number like 1e999
     throw TokenizerError(fmt::format("{}: not valid JSON (truncated or corrupt?): {}", file, e.what()));
   }
 }
