@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <fstream>
 #include <set>
 #include <sstream>
 
@@ -9,6 +10,7 @@
 #include <fmt/ranges.h>
 
 #include "dschat/sdk/config_document.h"
+#include "nesting_limits.h"
 
 namespace dschat {
 
@@ -74,16 +76,10 @@ std::shared_ptr<ConfigDocument> ConfigDocument::parse_file(const std::filesystem
   std::error_code ec;
   if (!std::filesystem::is_regular_file(file, ec))
     throw ConfigError({file.string(), 0, 0}, "", "no such pipeline file");
-  std::shared_ptr<ConfigDocument> doc(new ConfigDocument());
-  doc->file_label_ = file.string();
-  doc->base_dir_ = std::filesystem::absolute(file).parent_path();
-  try {
-    doc->table_ = toml::parse_file(file.string());
-  } catch (const toml::parse_error& e) {
-    throw ConfigError(location_from(e.source(), doc->file_label_), "",
-                      fmt::format("TOML syntax error: {}", e.description()));
-  }
-  return doc;
+  std::ifstream in(file, std::ios::binary);
+  if (!in) throw ConfigError({file.string(), 0, 0}, "", "cannot open the pipeline file for reading");
+  const std::string text{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+  return parse_string(text, file.string(), std::filesystem::absolute(file).parent_path());
 }
 
 std::shared_ptr<ConfigDocument> ConfigDocument::parse_string(std::string_view text, const std::string& file_label,
@@ -91,6 +87,12 @@ std::shared_ptr<ConfigDocument> ConfigDocument::parse_string(std::string_view te
   std::shared_ptr<ConfigDocument> doc(new ConfigDocument());
   doc->file_label_ = file_label;
   doc->base_dir_ = base_dir;
+  // toml++ recurses per dotted-key part (50,000 parts overflowed the stack): refuse absurd nesting before it runs.
+  if (auto deep = limits::toml_nesting_excess(text))
+    throw ConfigError({file_label, static_cast<int>(deep->line), static_cast<int>(deep->column)}, "",
+                      fmt::format("nesting deeper than {} levels (table-header and dotted-key parts, arrays and "
+                                  "inline tables together); not a pipeline file",
+                                  limits::kMaxTomlDepth));
   try {
     doc->table_ = toml::parse(text, file_label);
   } catch (const toml::parse_error& e) {
