@@ -1,0 +1,7 @@
+// libFuzzer target: one input through dschat::fuzz::exercise_jsonl (see exercise.h).
+#include "exercise.h"
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  (void)dschat::fuzz::exercise_jsonl({reinterpret_cast<const char*>(data), size});
+  return 0;
+}
