@@ -98,6 +98,10 @@ int command_validate(const std::vector<std::string>& args, bool run, bool dry_ru
   Pipeline pipeline;
   try {
     pipeline = load_pipeline((*vm)["file"].as<std::string>(), overrides, registry);
+  } catch (const ConfigErrors& e) {  // everything validation found, in file order
+    for (const auto& error : e.errors()) std::cerr << "error: " << error.what() << "\n";
+    std::cerr << e.errors().size() << " errors\n";
+    return kExitUsage;
   } catch (const ConfigError& e) {
     std::cerr << "error: " << e.what() << "\n";
     return kExitUsage;

@@ -108,7 +108,8 @@ int consolidate_command(const std::vector<std::string>& args) {
   }
 
   // engine.json is written last: without it the save was interrupted and some shards may be missing or stale.
-  if (!fs::exists(checkpoint / "engine.json")) {
+  // (No manifest.json either: not a ddp/zero checkpoint at all, which consolidate() below says.)
+  if (fs::exists(checkpoint / "manifest.json") && !fs::exists(checkpoint / "engine.json")) {
     std::cerr << fmt::format("dschat consolidate: {} is incomplete (no engine.json, which a save writes last): an "
                              "interrupted save; use an earlier step-N folder\n", checkpoint.string());
     return 1;

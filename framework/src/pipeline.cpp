@@ -1,11 +1,16 @@
 #include "dschat/framework/pipeline.h"
 
-#include "dschat/framework/hub.h"
+#include <unistd.h>
 
+#include <optional>
 #include <set>
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
+
+#include "dschat/framework/hub.h"
+#include "dschat/sdk/safetensors.h"
+#include "dschat/sdk/tokenizer.h"
 
 namespace dschat {
 
@@ -142,6 +147,77 @@ DataSpec read_data(const ConfigTable& data) {
   return spec;
 }
 
+// Validation goes on after an error: each independent part (a model, the data, a stage, ...) is read on its own,
+// and what fails is recorded, so that one run of `validate` reports every problem it can find.
+class ErrorCollector {
+ public:
+  // Runs `read`; a ConfigError it throws is recorded, and `table` (the part being read) is left out of the
+  // unknown-key check, since the keys after the failure were never read.
+  template <class Fn>
+  bool attempt(const std::optional<ConfigTable>& table, Fn&& read) {
+    try {
+      read();
+      return true;
+    } catch (const ConfigErrors& e) {
+      errors_.insert(errors_.end(), e.errors().begin(), e.errors().end());
+    } catch (const ConfigError& e) {
+      errors_.push_back(e);
+    }
+    if (table) table->skip_unknown_key_check();
+    return false;
+  }
+  bool empty() const { return errors_.empty(); }
+  [[noreturn]] void raise() {
+    if (errors_.size() == 1) throw errors_.front();
+    throw ConfigErrors(std::move(errors_));
+  }
+
+ private:
+  std::vector<ConfigError> errors_;
+};
+
+// The model must fit in memory at all: its weights alone, estimated from config.json, against this machine's RAM
+// (absurd sizes otherwise end in LibTorch's allocation error deep inside the first stage).
+void check_model_fits(const ConfigTable& table, const ModelSpec& spec) {
+  const auto& c = spec.hf_config;
+  auto first = [&](std::initializer_list<const char*> keys, double fallback) {
+    for (const char* k : keys)
+      if (c.contains(k) && c[k].is_number()) return c[k].get<double>();
+    return fallback;
+  };
+  const double hidden = first({"hidden_size", "n_embd", "d_model"}, 0);
+  const double layers = first({"num_hidden_layers", "n_layer", "num_layers"}, 0);
+  const double vocab = first({"vocab_size"}, 0);
+  const double ffn = first({"intermediate_size", "ffn_dim", "n_inner"}, 4 * hidden);
+  const double parameters = vocab * hidden + layers * (4 * hidden * hidden + 3 * hidden * ffn);
+  const double bytes = parameters * (spec.dtype == "fp32" ? 4 : 2);
+  const double ram = static_cast<double>(::sysconf(_SC_PHYS_PAGES)) * static_cast<double>(::sysconf(_SC_PAGESIZE));
+  if (ram > 0 && bytes > ram)
+    table.fail("path", fmt::format("{}/config.json describes a model of about {:.3g} parameters: its {} weights alone "
+                                   "need {:.3g} GB, and this machine has {:.3g} GB of memory",
+                                   spec.path.string(), parameters, spec.dtype, bytes / 1e9, ram / 1e9));
+}
+
+// A pretrained folder's weights and tokenizer are opened now (headers only), so a broken critic folder is found
+// before the SFT stage trains, not after.
+void check_model_files(const ConfigTable& table, const ModelSpec& spec) {
+  std::vector<std::string> problems;
+  if (spec.init == "pretrained") {
+    try {
+      if (safetensors::CheckpointReader::open(spec.path).names().empty())
+        problems.push_back(fmt::format("weights: {} hold no tensors", spec.path.string()));
+    } catch (const safetensors::SafetensorsError& e) {
+      problems.push_back(fmt::format("weights: {}", e.what()));
+    }
+  }
+  try {
+    Tokenizer::from_dir(spec.path);
+  } catch (const std::exception& e) {
+    problems.push_back(fmt::format("tokenizer: {}", e.what()));
+  }
+  if (!problems.empty()) table.fail("path", fmt::format("{}", fmt::join(problems, "; ")));
+}
+
 }  // namespace
 
 Pipeline load_pipeline(const std::filesystem::path& file, const std::vector<std::string>& overrides,
@@ -150,75 +226,116 @@ Pipeline load_pipeline(const std::filesystem::path& file, const std::vector<std:
   p.document = ConfigDocument::parse_file(file);
   for (const auto& o : overrides) p.document->apply_override(o);
   ConfigTable root = p.document->root();
+  ErrorCollector errors;
 
   // Plugins first: the pipeline's own folders come before DSCHAT_PLUGIN_PATH and the default folder.
-  if (auto plugins = root.get_optional_table("plugins")) p.plugin_paths = plugins->get_path_list("paths", true);
+  auto plugins = root.get_optional_table("plugins");
+  if (plugins) errors.attempt(plugins, [&] { p.plugin_paths = plugins->get_path_list("paths", true); });
   registry.discover(PluginRegistry::search_paths(p.plugin_paths));
 
-  ConfigTable pipeline = root.get_table("pipeline");
-  p.name = pipeline.get_string("name");
-  p.output_dir = pipeline.get_path("output_dir", false, "runs/" + p.name);
-  p.seed = static_cast<uint64_t>(pipeline.get_int("seed", 1234, 0));
+  std::optional<ConfigTable> pipeline;
+  errors.attempt(std::nullopt, [&] { pipeline = root.get_table("pipeline"); });
+  if (pipeline)
+    errors.attempt(pipeline, [&] {
+      p.name = pipeline->get_string("name");
+      p.output_dir = pipeline->get_path("output_dir", false, "runs/" + p.name);
+      p.seed = static_cast<uint64_t>(pipeline->get_int("seed", 1234, 0));
+    });
 
-  ConfigTable models = root.get_table("models");
-  for (const auto& key : models.keys()) p.models.emplace(key, read_model(key, models.get_table(key), registry));
-  if (p.models.empty()) models.fail_here("declare at least one model, e.g. [models.actor] path = \"...\"");
-
-  auto strategy = root.get_optional_table("strategy");
-  if (strategy) p.strategy = read_strategy(*strategy, registry);
-
-  if (auto data = root.get_optional_table("data")) p.data = read_data(*data);
-  if (auto distributed = root.get_optional_table("distributed")) {
-    p.distributed.backend = distributed->get_choice("backend", {"auto", "gloo", "nccl"}, "auto");
-    p.distributed.timeout_s = distributed->get_float("timeout_s", 300.0, 1.0);
+  std::optional<ConfigTable> models;
+  errors.attempt(std::nullopt, [&] { models = root.get_table("models"); });
+  if (models) {
+    for (const auto& key : models->keys()) {
+      std::optional<ConfigTable> table;
+      errors.attempt(std::nullopt, [&] { table = models->get_table(key); });
+      if (!table) continue;
+      errors.attempt(table, [&] {
+        ModelSpec spec = read_model(key, *table, registry);
+        check_model_fits(*table, spec);
+        check_model_files(*table, spec);
+        p.models.emplace(key, std::move(spec));
+      });
+    }
+    if (models->keys().empty())
+      errors.attempt(std::nullopt, [&] { models->fail_here("declare at least one model, e.g. [models.actor] path = \"...\""); });
   }
 
-  auto stage_tables = root.get_table_list("stage", /*required=*/true);
-  if (stage_tables.empty()) root.fail("stage", "declare at least one [[stage]]");
+  auto strategy = root.get_optional_table("strategy");
+  if (strategy) errors.attempt(strategy, [&] { p.strategy = read_strategy(*strategy, registry); });
+
+  auto data = root.get_optional_table("data");
+  if (data)
+    errors.attempt(data, [&] {
+      p.data = read_data(*data);
+      // Learned position tables end where they end (OPT, BLOOM's alibi does not, LLaMA's rope is trained to it).
+      for (const auto& [name, model] : p.models)
+        for (const char* key : {"max_position_embeddings", "n_positions"})
+          if (model.hf_config.contains(key) && model.hf_config[key].is_number_integer() &&
+              p.data.max_seq_len > model.hf_config[key].get<int64_t>())
+            data->fail("max_seq_len", fmt::format("{} exceeds the {} of model '{}' ({}, from {}/config.json)",
+                                                  p.data.max_seq_len, key, name, model.hf_config[key].get<int64_t>(),
+                                                  model.path.string()));
+    });
+  auto distributed = root.get_optional_table("distributed");
+  if (distributed)
+    errors.attempt(distributed, [&] {
+      p.distributed.backend = distributed->get_choice("backend", {"auto", "gloo", "nccl"}, "auto");
+      p.distributed.timeout_s = distributed->get_float("timeout_s", 300.0, 1.0);
+    });
+
+  std::vector<ConfigTable> stage_tables;
+  errors.attempt(std::nullopt, [&] {
+    stage_tables = root.get_table_list("stage", /*required=*/true);
+    if (stage_tables.empty()) root.fail("stage", "declare at least one [[stage]]");
+  });
   auto defaults = ConfigDocument::parse_string("", "<defaults>", p.document->base_dir());
   ConfigTable no_options = defaults->root();
   std::set<std::string> known_outputs;  // models.* entries and the stages declared so far
-  for (const auto& [name, spec] : p.models) known_outputs.insert(name);
+  if (models)
+    for (const auto& key : models->keys()) known_outputs.insert(key);  // a broken model is still a name
   for (auto& table : stage_tables) {
     StageSpec stage;
-    stage.name = table.get_string("name");
-    if (known_outputs.count(stage.name))
-      table.fail("name", fmt::format("'{}' is already the name of a model or an earlier stage", stage.name));
-    table.set_path("stage." + stage.name);
-    stage.algorithm_name = table.get_string("algorithm");
-    if (auto override_table = table.get_optional_table("strategy")) {
-      stage.strategy = read_strategy(*override_table, registry);
-    } else if (p.strategy.strategy) {
-      stage.strategy = p.strategy;
-    } else {
-      stage.strategy = {"single", registry.create<Strategy>("single", no_options)};
-    }
-    if (auto generation = table.get_optional_table("generation"))
-      stage.generator = create_from_table<Generator>(*generation, registry);
-    for (const auto& hook_table : table.get_table_list("hooks"))
-      stage.hooks.push_back(create_from_table<Hook>(hook_table, registry));
-
-    try {
-      stage.algorithm = registry.create<Algorithm>(stage.algorithm_name, table);
-    } catch (const PluginError& e) {
-      table.fail("algorithm", e.what());
-    }
-    stage.roles = call_plugin(registry.find(Algorithm::kind, stage.algorithm_name),
-                              [&] { return stage.algorithm->model_roles(); });
-    for (const auto& [role, reference] : stage.roles) {
-      if (!known_outputs.count(reference)) {
-        std::vector<std::string> candidates(known_outputs.begin(), known_outputs.end());
-        std::string hint = closest_match(reference, candidates);
-        table.fail(role, fmt::format("'{}' is neither a [models.*] entry nor an earlier stage (known: {}){}", reference,
-                                     fmt::join(candidates, ", "),
-                                     hint.empty() ? "" : fmt::format("; did you mean '{}'?", hint)));
+    errors.attempt(table, [&] {
+      stage.name = table.get_string("name");
+      if (known_outputs.count(stage.name))
+        table.fail("name", fmt::format("'{}' is already the name of a model or an earlier stage", stage.name));
+      table.set_path("stage." + stage.name);
+      stage.algorithm_name = table.get_string("algorithm");
+      if (auto override_table = table.get_optional_table("strategy")) {
+        stage.strategy = read_strategy(*override_table, registry);
+      } else if (p.strategy.strategy) {
+        stage.strategy = p.strategy;
+      } else {
+        stage.strategy = {"single", registry.create<Strategy>("single", no_options)};
       }
-    }
-    known_outputs.insert(stage.name);
-    p.stages.push_back(std::move(stage));
+      if (auto generation = table.get_optional_table("generation"))
+        stage.generator = create_from_table<Generator>(*generation, registry);
+      for (const auto& hook_table : table.get_table_list("hooks"))
+        stage.hooks.push_back(create_from_table<Hook>(hook_table, registry));
+
+      try {
+        stage.algorithm = registry.create<Algorithm>(stage.algorithm_name, table);
+      } catch (const PluginError& e) {
+        table.fail("algorithm", e.what());
+      }
+      stage.roles = call_plugin(registry.find(Algorithm::kind, stage.algorithm_name),
+                                [&] { return stage.algorithm->model_roles(); });
+      for (const auto& [role, reference] : stage.roles) {
+        if (!known_outputs.count(reference)) {
+          std::vector<std::string> candidates(known_outputs.begin(), known_outputs.end());
+          std::string hint = closest_match(reference, candidates);
+          table.fail(role, fmt::format("'{}' is neither a [models.*] entry nor an earlier stage (known: {}){}",
+                                       reference, fmt::join(candidates, ", "),
+                                       hint.empty() ? "" : fmt::format("; did you mean '{}'?", hint)));
+        }
+      }
+      p.stages.push_back(stage);
+    });
+    if (!stage.name.empty()) known_outputs.insert(stage.name);  // later stages may name it, even if it is broken
   }
 
-  root.check_no_unknown_keys();
+  errors.attempt(std::nullopt, [&] { root.check_no_unknown_keys(); });
+  if (!errors.empty()) errors.raise();
   return p;
 }
 

@@ -5,6 +5,7 @@
 #include <fstream>
 #include <set>
 #include <sstream>
+#include <tuple>
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
@@ -22,6 +23,21 @@ ConfigError::ConfigError(SourceLocation where, std::string key_path, const std::
       where_(std::move(where)),
       key_path_(std::move(key_path)),
       message_(message) {}
+
+namespace {
+std::vector<ConfigError> in_file_order(std::vector<ConfigError> errors) {
+  std::stable_sort(errors.begin(), errors.end(), [](const ConfigError& a, const ConfigError& b) {
+    return std::tie(a.where().file, a.where().line, a.where().column) <
+           std::tie(b.where().file, b.where().line, b.where().column);
+  });
+  return errors;
+}
+}  // namespace
+
+ConfigErrors::ConfigErrors(std::vector<ConfigError> errors)
+    : ConfigError(in_file_order(errors).front()), errors_(in_file_order(std::move(errors))) {
+  for (size_t i = 0; i < errors_.size(); ++i) text_ += (i ? "\n" : "") + std::string(errors_[i].what());
+}
 
 namespace {
 size_t edit_distance(std::string_view a, std::string_view b) {
@@ -218,6 +234,7 @@ struct ConfigTable::State {
   std::string path;
   std::set<std::string, std::less<>> used;
   std::vector<ConfigTable> opened;  // sub-tables handed out, checked recursively for unknown keys
+  bool skip_unknown_key_check = false;
 };
 
 namespace {
@@ -457,16 +474,26 @@ std::vector<ConfigTable> ConfigTable::get_table_list(std::string_view key, bool 
   return out;
 }
 
-void ConfigTable::check_no_unknown_keys() const {
+void ConfigTable::skip_unknown_key_check() const { state_->skip_unknown_key_check = true; }
+
+void ConfigTable::collect_unknown_keys(std::vector<ConfigError>& out) const {
+  if (state_->skip_unknown_key_check) return;
   std::vector<std::string> known(state_->used.begin(), state_->used.end());
   for (auto&& [k, v] : as_toml(table_)) {
     if (state_->used.count(k.str())) continue;
     std::string hint = closest_match(k.str(), known);
-    throw ConfigError(document_->location_of(v), key_path(k.str()),
-                      fmt::format("unknown key{}", hint.empty() ? fmt::format(" (known here: {})", fmt::join(known, ", "))
-                                                                 : fmt::format(" (did you mean '{}'?)", hint)));
+    out.emplace_back(document_->location_of(v), key_path(k.str()),
+                     fmt::format("unknown key{}", hint.empty() ? fmt::format(" (known here: {})", fmt::join(known, ", "))
+                                                                : fmt::format(" (did you mean '{}'?)", hint)));
   }
-  for (const auto& sub : state_->opened) sub.check_no_unknown_keys();
+  for (const auto& sub : state_->opened) sub.collect_unknown_keys(out);
+}
+
+void ConfigTable::check_no_unknown_keys() const {
+  std::vector<ConfigError> unknown;
+  collect_unknown_keys(unknown);
+  if (unknown.size() == 1) throw unknown.front();
+  if (!unknown.empty()) throw ConfigErrors(std::move(unknown));
 }
 
 }  // namespace dschat

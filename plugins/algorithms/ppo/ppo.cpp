@@ -134,6 +134,8 @@ struct PpoOptions {
 
 PpoOptions read_options(const ConfigTable& t) {
   PpoOptions o;
+  if (!t.has("generation"))  // found by validate, not after the SFT and RM stages have trained
+    t.fail_here("the ppo stage generates its rollouts: add generation = { plugin = \"kv-cache\", max_new_tokens = 256 }");
   o.actor = t.get_string("actor");
   o.critic = t.get_string("critic");
   o.reference = t.get_string("reference", o.actor);

@@ -35,6 +35,19 @@ class DSCHAT_SDK_API ConfigError : public std::runtime_error {
   std::string message_;
 };
 
+// Several problems found in one pass (validation goes on after the first, so the user fixes them all at once),
+// in file order. It is the first of them as a ConfigError; what() lists all, one per line.
+class DSCHAT_SDK_API ConfigErrors : public ConfigError {
+ public:
+  explicit ConfigErrors(std::vector<ConfigError> errors);  // non-empty; sorted here by file, line, column
+  const std::vector<ConfigError>& errors() const { return errors_; }
+  const char* what() const noexcept override { return text_.c_str(); }
+
+ private:
+  std::vector<ConfigError> errors_;
+  std::string text_;
+};
+
 // Closest candidate by edit distance, or "" when nothing is close enough to suggest.
 DSCHAT_SDK_API std::string closest_match(std::string_view word, const std::vector<std::string>& candidates);
 
@@ -78,6 +91,8 @@ class DSCHAT_SDK_API ConfigTable {
   // Every key present but never read by the code, in this table and in sub-tables it opened, is an error
   // with a "did you mean" drawn from the keys the code did read.
   void check_no_unknown_keys() const;
+  // After this table's reader failed midway: its unread keys are not "unknown", so the check skips it.
+  void skip_unknown_key_check() const;
 
   [[noreturn]] void fail(std::string_view key, const std::string& message) const;
   [[noreturn]] void fail_here(const std::string& message) const;  // about the table itself
@@ -91,6 +106,7 @@ class DSCHAT_SDK_API ConfigTable {
 
  private:
   struct State;
+  void collect_unknown_keys(std::vector<ConfigError>& out) const;
   const void* node(std::string_view key) const;
   std::shared_ptr<const ConfigDocument> document_;
   const void* table_;

@@ -1,0 +1,174 @@
+// `dschat validate` reports every problem it can find in one pass, in file order, each at file:line:col with its
+// key path, and exits 2: independent mistakes in several tables, a model folder whose weights or tokenizer are
+// broken (found before any stage trains), sizes the machine cannot hold, a ppo stage that cannot generate.
+#include <filesystem>
+#include <fstream>
+
+#include <fmt/format.h>
+#include <gtest/gtest.h>
+
+#include "cli_helpers.h"
+
+namespace fs = std::filesystem;
+using dschat::testing::run_dschat;
+
+namespace {
+
+const fs::path kOut = fs::path(DSCHAT_BINARY_DIR) / "test-output" / "validate-all";
+const std::string kModel = std::string(DSCHAT_SOURCE_DIR) + "/configs/quickstart/model";
+const std::string kData = std::string(DSCHAT_SOURCE_DIR) + "/configs/quickstart/data/requests.jsonl";
+
+fs::path write(const std::string& name, const std::string& text) {
+  fs::create_directories(kOut);
+  std::ofstream(kOut / name) << text;
+  return kOut / name;
+}
+
+// Where `needle` starts in `haystack` (npos when absent), for ordering checks.
+size_t at(const std::string& haystack, const std::string& needle) { return haystack.find(needle); }
+
+TEST(ValidateAll, ReportsEveryErrorInFileOrder) {
+  auto file = write("many.toml", fmt::format(R"([pipeline]
+name = "many"
+sede = 3
+
+[models.actor]
+path = "{0}"
+init = "random"
+dtype = "fp64"
+
+[data]
+datasets = ["{1}"]
+max_seq_len = 96
+max_prompt_seq_len = 200
+
+[[stage]]
+name = "sft"
+algorithm = "sft"
+model = "actor"
+learning_rate = nan
+
+[[stage]]
+name = "rm"
+algorithm = "reward"
+model = "critic"
+)",
+                                             kModel, kData));
+  auto result = run_dschat("validate " + file.string());
+  EXPECT_EQ(result.exit_code, 2) << result.output;
+  const std::string f = file.string();
+  const std::vector<std::string> expected = {
+      f + ":3:8: pipeline.sede: unknown key",
+      f + ":8:9: models.actor.dtype:",
+      f + ":13:22: data.max_prompt_seq_len: must be below max_seq_len",
+      f + ":19:17: stage.sft.learning_rate: must be a finite number",
+      f + ":24:9: stage.rm.model: 'critic' is neither a [models.*] entry nor an earlier stage",
+  };
+  size_t last = 0;
+  for (const auto& line : expected) {
+    const size_t pos = at(result.output, "error: " + line);
+    ASSERT_NE(pos, std::string::npos) << line << "\n" << result.output;
+    EXPECT_GE(pos, last) << "out of file order: " << line << "\n" << result.output;
+    last = pos;
+  }
+  EXPECT_NE(result.output.find("5 errors"), std::string::npos) << result.output;
+}
+
+// A critic folder with a truncated weights file and a malformed tokenizer: both found by validate, at the key
+// that names the folder, before the actor's SFT stage would have trained.
+TEST(ValidateAll, BrokenModelFolderIsFoundBeforeAnyStageRuns) {
+  const fs::path broken = kOut / "broken-critic";
+  fs::remove_all(broken);
+  fs::create_directories(broken);
+  fs::copy_file(kModel + "/config.json", broken / "config.json");
+  std::ofstream(broken / "model.safetensors") << "\x10\x00\x00\x00\x00\x00\x00\x00{\"a\":";
+  std::ofstream(broken / "tokenizer.json") << "{\"model\": ";
+  auto file = write("broken.toml", fmt::format(R"([pipeline]
+name = "broken"
+
+[models.actor]
+path = "{0}"
+init = "random"
+
+[models.critic]
+path = "{2}"
+
+[data]
+datasets = ["{1}"]
+
+[[stage]]
+name = "sft"
+algorithm = "sft"
+model = "actor"
+)",
+                                               kModel, kData, broken.string()));
+  auto result = run_dschat("validate " + file.string());
+  EXPECT_EQ(result.exit_code, 2) << result.output;
+  EXPECT_NE(result.output.find(file.string() + ":9:8: models.critic.path: weights:"), std::string::npos)
+      << result.output;
+  EXPECT_NE(result.output.find("; tokenizer: "), std::string::npos) << result.output;
+}
+
+TEST(ValidateAll, SizesTheMachineCannotHoldAreRefused) {
+  const fs::path huge = kOut / "huge-model";
+  fs::create_directories(huge);
+  std::ofstream(huge / "config.json") << R"({"model_type": "opt", "hidden_size": 1000000000, "num_hidden_layers": 2,
+    "ffn_dim": 4, "num_attention_heads": 1, "vocab_size": 640, "max_position_embeddings": 128,
+    "word_embed_proj_dim": 1000000000, "do_layer_norm_before": true})";
+  fs::copy_file(kModel + "/tokenizer.json", huge / "tokenizer.json", fs::copy_options::overwrite_existing);
+  auto file = write("huge.toml", fmt::format(R"([pipeline]
+name = "huge"
+
+[models.actor]
+path = "{0}"
+init = "random"
+
+[models.small]
+path = "{2}"
+init = "random"
+
+[data]
+datasets = ["{1}"]
+max_seq_len = 1000000000000
+max_prompt_seq_len = 32
+
+[[stage]]
+name = "sft"
+algorithm = "sft"
+model = "small"
+)",
+                                             huge.string(), kData, kModel));
+  auto result = run_dschat("validate " + file.string());
+  EXPECT_EQ(result.exit_code, 2) << result.output;
+  EXPECT_NE(result.output.find("models.actor.path:"), std::string::npos) << result.output;
+  EXPECT_NE(result.output.find("GB, and this machine has"), std::string::npos) << result.output;
+  EXPECT_NE(result.output.find("data.max_seq_len: 1000000000000 exceeds the max_position_embeddings"),
+            std::string::npos) << result.output;
+  EXPECT_EQ(result.output.find("Backtrace"), std::string::npos) << result.output;
+}
+
+TEST(ValidateAll, PpoWithoutGenerationIsRefused) {
+  auto file = write("ppo.toml", fmt::format(R"([pipeline]
+name = "ppo"
+
+[models.actor]
+path = "{0}"
+init = "random"
+
+[data]
+datasets = ["{1}"]
+
+[[stage]]
+name = "rlhf"
+algorithm = "ppo"
+actor = "actor"
+critic = "actor"
+)",
+                                            kModel, kData));
+  auto result = run_dschat("validate " + file.string());
+  EXPECT_EQ(result.exit_code, 2) << result.output;
+  EXPECT_NE(result.output.find("stage.rlhf: the ppo stage generates its rollouts: add generation ="), std::string::npos)
+      << result.output;
+}
+
+}  // namespace
