@@ -58,6 +58,9 @@ extra_seeds() {
   esac
 }
 
+# The targets write each input to a scratch file under $TMPDIR (one folder per process): keep those in the build.
+export TMPDIR="$build/tmp"
+mkdir -p "$TMPDIR"
 export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1:allocator_may_return_null=1}"
 export UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}"
 summary=()
@@ -78,6 +81,7 @@ for t in "${targets[@]}"; do
   rc=$?
   set -e
   elapsed=$(($(date +%s) - start))
+  rm -rf "${TMPDIR:?}"/dschat-fuzz-*
   execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
   [ -n "$execs" ] || execs=$( (grep -o '^#[0-9]*' "$log" || true) | tail -1 | tr -d '#')
   found=$(($(find "$findings" -type f | wc -l) - before))
