@@ -476,6 +476,10 @@ std::vector<ConfigTable> ConfigTable::get_table_list(std::string_view key, bool 
 
 void ConfigTable::skip_unknown_key_check() const { state_->skip_unknown_key_check = true; }
 
+bool ConfigTable::document_has(std::string_view dotted_path) const {
+  return static_cast<bool>(document_->table().at_path(dotted_path));
+}
+
 void ConfigTable::collect_unknown_keys(std::vector<ConfigError>& out) const {
   if (state_->skip_unknown_key_check) return;
   std::vector<std::string> known(state_->used.begin(), state_->used.end());

@@ -325,6 +325,7 @@ void ModelFamily::export_hf(CausalLM& model, const fs::path& dir, const ExportOp
   for (const char* key : {"bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id"}) {
     if (config.contains(key) && !config[key].is_null()) generation[key] = config[key];
   }
+  safetensors::require_finite(dir, tensors);
   safetensors::save_checkpoint(dir, tensors, options.max_shard_bytes);
   write_text_atomically(dir / "generation_config.json", generation.dump(2) + "\n");
   write_text_atomically(dir / "config.json", config.dump(2) + "\n");

@@ -26,6 +26,7 @@ void save_reward_model(RewardModel& model, const ModelFamily& family, const Toke
                        const std::filesystem::path& dir, const nlohmann::json& conventions) {
   family.export_hf(*model.base, dir);
   at::Tensor head = model.v_head->weight.detach().to(at::kCPU, model.base->dtype()).contiguous();
+  safetensors::require_finite(dir / "value_head.safetensors", {{"v_head.weight", head}});
   safetensors::save_file(dir / "value_head.safetensors", {{"v_head.weight", head}}, {{"format", "pt"}});
   if (tokenizer != nullptr) tokenizer->save(dir);
   write_file_atomic(dir / "reward_model.json", conventions.dump(2) + "\n");

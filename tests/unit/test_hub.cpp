@@ -388,6 +388,8 @@ path = "{}"
 
 [data]
 datasets = ["{}/configs/quickstart/data/requests.jsonl"]
+max_seq_len = 96
+max_prompt_seq_len = 32
 
 [[stage]]
 name = "sft"

@@ -1,11 +1,12 @@
 // Non-finite values never reach a saved model: NaN/inf options are refused by validation, a step with NaN or inf
 // gradients is skipped (weights untouched) and counted, `max_nonfinite_steps` in a row stop the stage with a clear
-// error and nothing marked complete, and the safetensors writer refuses non-finite tensors outright.
+// error and nothing marked complete, and model exports and engine checkpoints refuse non-finite tensors.
 #include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <limits>
 
+#include <ATen/ops/arange.h>
 #include <ATen/ops/full.h>
 #include <ATen/ops/isfinite.h>
 #include <ATen/ops/ones.h>
@@ -92,18 +93,19 @@ TEST(NonFinite, GuardCountsSkippedStepsAndStopsAtTheLimit) {
   EXPECT_EQ(guard.total(), 5);
 }
 
-TEST(NonFinite, WriterRefusesNonFiniteTensors) {
+TEST(NonFinite, ModelWritersRefuseNonFiniteTensors) {
   fs::create_directories(kOut);
   auto weights = at::ones({4, 4});
   weights[1][2] = std::numeric_limits<float>::quiet_NaN();
-  EXPECT_THROW(dschat::safetensors::save_file(kOut / "nan.safetensors", {{"w", weights}}),
+  try {
+    dschat::safetensors::require_finite(kOut / "nan", {{"ok", at::ones({2})}, {"w", weights}});
+    FAIL() << "a NaN weight passed";
+  } catch (const dschat::safetensors::SafetensorsError& e) {
+    EXPECT_NE(std::string(e.what()).find("tensor 'w' holds NaN or inf values"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(dschat::safetensors::require_finite(kOut / "inf", {{"w", at::full({3}, INFINITY, at::kBFloat16)}}),
                dschat::safetensors::SafetensorsError);
-  EXPECT_FALSE(fs::exists(kOut / "nan.safetensors"));
-  EXPECT_THROW(dschat::safetensors::save_file(kOut / "inf.safetensors",
-                                              {{"w", at::full({3}, INFINITY, at::kBFloat16)}}),
-               dschat::safetensors::SafetensorsError);
-  dschat::safetensors::save_file(kOut / "ok.safetensors", {{"w", at::ones({3})}});  // finite: written
-  EXPECT_TRUE(fs::exists(kOut / "ok.safetensors"));
+  dschat::safetensors::require_finite(kOut / "ok", {{"w", at::ones({3})}, {"ids", at::arange(3)}});  // finite: fine
 }
 
 // A learning rate far too large (finite, so validation lets it through) blows the model up within a step or two;

@@ -1,6 +1,7 @@
 // `dschat validate` reports every problem it can find in one pass, in file order, each at file:line:col with its
 // key path, and exits 2: independent mistakes in several tables, a model folder whose weights or tokenizer are
-// broken (found before any stage trains), sizes the machine cannot hold, a ppo stage that cannot generate.
+// broken (found before any stage trains), sizes the machine cannot hold, a ppo stage that cannot generate or has
+// no pretraining texts for PTX.
 #include <filesystem>
 #include <fstream>
 
@@ -169,6 +170,32 @@ critic = "actor"
   EXPECT_EQ(result.exit_code, 2) << result.output;
   EXPECT_NE(result.output.find("stage.rlhf: the ppo stage generates its rollouts: add generation ="), std::string::npos)
       << result.output;
+}
+
+TEST(ValidateAll, PtxWithoutPretrainingTextsIsRefused) {
+  auto file = write("ptx.toml", fmt::format(R"([pipeline]
+name = "ptx"
+
+[models.actor]
+path = "{0}"
+init = "random"
+
+[data]
+datasets = ["{1}"]
+
+[[stage]]
+name = "rlhf"
+algorithm = "ppo"
+actor = "actor"
+critic = "actor"
+enable_ptx = true
+generation = {{ plugin = "kv-cache" }}
+)",
+                                            kModel, kData));
+  auto result = run_dschat("validate " + file.string());
+  EXPECT_EQ(result.exit_code, 2) << result.output;
+  EXPECT_NE(result.output.find(file.string() + ":16:14: stage.rlhf.enable_ptx: PTX mixes pretraining texts"),
+            std::string::npos) << result.output;
 }
 
 }  // namespace

@@ -178,6 +178,9 @@ PpoOptions read_options(const ConfigTable& t) {
   o.ppo.gamma = t.get_float("gamma", 1.0, 0.0, 1.0);
   o.ppo.lam = t.get_float("lam", 0.95, 0.0, 1.0);
   o.enable_ptx = t.get_bool("enable_ptx", false);
+  if (o.enable_ptx && !t.document_has("data.pretraining"))
+    t.fail("enable_ptx", "PTX mixes pretraining texts into the actor's steps: list them in [data] pretraining = "
+                         "[\"texts.txt\", ...]");
   o.unsup_coef = t.get_float("unsup_coef", 27.8, 0.0);
   if (t.has("consistency_threshold")) o.consistency_threshold = t.get_float("consistency_threshold", {}, 0.0);
   o.consistency_sample_rows = t.get_int("consistency_sample_rows", 2, 0);

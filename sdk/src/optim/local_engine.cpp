@@ -206,10 +206,12 @@ class LocalEngine : public Engine {
     std::vector<std::pair<std::string, at::Tensor>> weights;
     for (const auto& item : module_->named_parameters(/*recurse=*/true))
       weights.emplace_back(item.key(), item.value().detach().to(at::kCPU).contiguous());
+    safetensors::require_finite(tmp, weights);
     safetensors::save_file(tmp / "model.safetensors", weights);
     if (mixed_) {
       std::vector<std::pair<std::string, at::Tensor>> masters;
       for (size_t i = 0; i < params_.size(); ++i) masters.emplace_back(params_[i].name, masters_[i].detach().cpu());
+      safetensors::require_finite(tmp, masters);
       safetensors::save_file(tmp / "master.safetensors", masters);
     }
     std::vector<std::pair<std::string, at::Tensor>> optimizer;
@@ -219,6 +221,7 @@ class LocalEngine : public Engine {
       optimizer.emplace_back(params_[i].name + ".exp_avg_sq", exp_avg_sq_[i].cpu());
       optimizer.emplace_back(params_[i].name + ".step", steps_[i].cpu().reshape({1}));
     }
+    safetensors::require_finite(tmp, optimizer);
     safetensors::save_file(tmp / "optimizer.safetensors", optimizer);
     std::vector<std::pair<std::string, at::Tensor>> rng{{"cpu", generator_state(at::kCPU)}};
     if (!device_.is_cpu()) rng.emplace_back(device_.str(), generator_state(device_));

@@ -315,6 +315,7 @@ class PartitionedEngine : public Engine {
         tensors.emplace_back(unit.name + ".exp_avg", unit.exp_avg.cpu());
         tensors.emplace_back(unit.name + ".exp_avg_sq", unit.exp_avg_sq.cpu());
       }
+      safetensors::require_finite(tmp, tensors);
       safetensors::save_file(tmp / fmt::format("shard-{}-of-{}.safetensors", owner_index_, partitions_), tensors);
     }
     safetensors::save_file(tmp / fmt::format("rng-rank{}.safetensors", comm_.rank()), {{"cpu", generator_state()}});

@@ -79,10 +79,6 @@ void check_tensors(const std::filesystem::path& where, const std::vector<std::pa
     if (!dtype_name(t.scalar_type()))
       throw SafetensorsError(where, fmt::format("tensor '{}' has dtype {}, which safetensors cannot store", name,
                                                 c10::toString(t.scalar_type())));
-    // A diverged run must not leave a model (or a checkpoint to resume into) that later stages would reuse.
-    if (at::isFloatingType(t.scalar_type()) && t.numel() > 0 && !at::isfinite(t).all().item<bool>())
-      throw SafetensorsError(where, fmt::format("tensor '{}' holds NaN or inf values: refusing to save a non-finite "
-                                                "model", name));
   }
 }
 
@@ -118,6 +114,14 @@ void remove_stale(const std::filesystem::path& dir, bool keep_single, const std:
   }
 }
 }  // namespace
+
+void require_finite(const std::filesystem::path& where,
+                    const std::vector<std::pair<std::string, at::Tensor>>& tensors) {
+  for (const auto& [name, t] : tensors)
+    if (t.defined() && at::isFloatingType(t.scalar_type()) && t.numel() > 0 && !at::isfinite(t).all().item<bool>())
+      throw SafetensorsError(where, fmt::format("tensor '{}' holds NaN or inf values: refusing to save a non-finite "
+                                                "model (the run diverged)", name));
+}
 
 void save_file(const std::filesystem::path& file, const std::vector<std::pair<std::string, at::Tensor>>& tensors,
                const std::map<std::string, std::string>& metadata) {

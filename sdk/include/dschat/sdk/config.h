@@ -85,6 +85,10 @@ class DSCHAT_SDK_API ConfigTable {
   std::optional<ConfigTable> get_optional_table(std::string_view key) const;
   // An array of tables, e.g. [[stage]] or hooks = [{...}, {...}]; each element's path is key[i].
   std::vector<ConfigTable> get_table_list(std::string_view key, bool required = false) const;
+  // Whether the whole document has `dotted_path` (e.g. "data.pretraining"): lets a plugin check what it needs
+  // from other tables (cross-stage needs) at validation, without reading them.
+  bool document_has(std::string_view dotted_path) const;
+
   // Marks a key as known without reading it (e.g. handed to another component).
   void mark_used(std::string_view key) const;
 

@@ -102,6 +102,12 @@ class DSCHAT_SDK_API CheckpointReader {
   std::map<std::string, Entry> entries_;
 };
 
+// Throws SafetensorsError naming the first floating tensor that holds NaN or inf. The writers themselves store
+// any value bit-exactly; model exports and engine checkpoints call this first, so a diverged run never leaves a
+// model or a checkpoint that later stages would reuse.
+DSCHAT_SDK_API void require_finite(const std::filesystem::path& where,
+                                   const std::vector<std::pair<std::string, at::Tensor>>& tensors);
+
 // Writes one file atomically (to "<file>.tmp-<pid>", fsync, rename, fsync the folder). Tensors are written
 // contiguous from CPU memory, ordered by element size (largest first, else in the order given) so that each
 // starts aligned and reads back zero-copy; the header is space-padded to a multiple of 8 bytes.
