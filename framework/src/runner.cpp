@@ -205,7 +205,7 @@ RunOutcome run_pipeline(const Pipeline& pipeline, const PluginRegistry& registry
     } catch (const std::exception& e) {
       context.finish();
       std::cerr << fmt::format("error: stage {} failed{}: {}\n", stage.name,
-                               comm.size() > 1 ? fmt::format(" on rank {}", comm.rank()) : "", e.what());
+                               comm.size() > 1 ? fmt::format(" on rank {}", comm.rank()) : "", printable_text(e.what()));
       return {};
     }
     if (main_rank) write_file_atomic(marker, fmt::format("stage {} finished\n", stage.name));

@@ -17,12 +17,46 @@ namespace dschat {
 
 std::string SourceLocation::str() const { return fmt::format("{}:{}:{}", file, line, column); }
 
+std::string printable_text(std::string_view text) {
+  std::string out;
+  out.reserve(text.size());
+  auto escape = [&](unsigned char c) { out += fmt::format("\\x{:02x}", c); };
+  for (size_t i = 0; i < text.size();) {
+    const auto c = static_cast<unsigned char>(text[i]);
+    if (c < 0x80) {
+      if (c < 0x20 && c != '\t' && c != '\n') escape(c);
+      else if (c == 0x7f) escape(c);
+      else out += static_cast<char>(c);
+      ++i;
+      continue;
+    }
+    // Length and smallest code point of the sequence a lead byte starts (overlong forms are invalid).
+    const size_t n = c >= 0xc2 && c <= 0xdf ? 2 : c >= 0xe0 && c <= 0xef ? 3 : c >= 0xf0 && c <= 0xf4 ? 4 : 0;
+    bool ok = n != 0 && i + n <= text.size();
+    uint32_t cp = n == 2 ? c & 0x1f : n == 3 ? c & 0x0f : c & 0x07;
+    for (size_t k = 1; ok && k < n; ++k) {
+      const auto cc = static_cast<unsigned char>(text[i + k]);
+      ok = (cc & 0xc0) == 0x80;
+      cp = (cp << 6) | (cc & 0x3f);
+    }
+    ok = ok && !(n == 3 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))) && !(n == 4 && (cp < 0x10000 || cp > 0x10ffff));
+    if (!ok) {
+      escape(c);
+      ++i;
+      continue;
+    }
+    out.append(text.substr(i, n));
+    i += n;
+  }
+  return out;
+}
+
 ConfigError::ConfigError(SourceLocation where, std::string key_path, const std::string& message)
-    : std::runtime_error(key_path.empty() ? fmt::format("{}: {}", where.str(), message)
-                                          : fmt::format("{}: {}: {}", where.str(), key_path, message)),
+    : std::runtime_error(printable_text(key_path.empty() ? fmt::format("{}: {}", where.str(), message)
+                                                         : fmt::format("{}: {}: {}", where.str(), key_path, message))),
       where_(std::move(where)),
       key_path_(std::move(key_path)),
-      message_(message) {}
+      message_(printable_text(message)) {}
 
 namespace {
 std::vector<ConfigError> in_file_order(std::vector<ConfigError> errors) {

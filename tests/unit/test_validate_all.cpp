@@ -9,6 +9,7 @@
 #include <gtest/gtest.h>
 
 #include "cli_helpers.h"
+#include "dschat/sdk/config.h"
 
 namespace fs = std::filesystem;
 using dschat::testing::run_dschat;
@@ -196,6 +197,38 @@ generation = {{ plugin = "kv-cache" }}
   EXPECT_EQ(result.exit_code, 2) << result.output;
   EXPECT_NE(result.output.find(file.string() + ":16:14: stage.rlhf.enable_ptx: PTX mixes pretraining texts"),
             std::string::npos) << result.output;
+}
+
+// Bytes that are not UTF-8, in a data row or a pipeline value, are quoted as \xNN escapes, never written raw.
+TEST(ValidateAll, InvalidUtf8IsEscapedInMessages) {
+  EXPECT_EQ(dschat::printable_text("caf\xc3\xa9 \xe2\x82\xac"), "caf\xc3\xa9 \xe2\x82\xac");  // valid: unchanged
+  EXPECT_EQ(dschat::printable_text("a\xff\xfe" "b"), "a\\xff\\xfeb");
+  EXPECT_EQ(dschat::printable_text("\xc0\xaf"), "\\xc0\\xaf");           // overlong '/'
+  EXPECT_EQ(dschat::printable_text("\xed\xa0\x80"), "\\xed\\xa0\\x80");  // a UTF-16 surrogate
+  EXPECT_EQ(dschat::printable_text("x\x1b[31m"), "x\\x1b[31m");             // a terminal escape
+  fs::create_directories(kOut);
+  std::ofstream(kOut / "bad-utf8.jsonl") << "{\"prompt\": \"a\xff\", \"chosen\": \"b\", \"rejected\": \"c\"}\n";
+  auto file = write("utf8.toml", fmt::format(R"([pipeline]
+name = "utf8"
+
+[models.actor]
+path = "{0}"
+init = "random"
+
+[data]
+datasets = ["{1}"]
+
+[[stage]]
+name = "sft"
+algorithm = "{2}"
+model = "actor"
+)",
+                                             kModel, (kOut / "bad-utf8.jsonl").string(), "sf\xc3\xa9t"));
+  auto result = run_dschat("validate " + file.string());
+  EXPECT_EQ(result.exit_code, 2) << result.output;
+  EXPECT_NE(result.output.find("\\xff"), std::string::npos) << result.output;
+  EXPECT_EQ(result.output.find('\xff'), std::string::npos) << "a raw invalid byte was printed";
+  EXPECT_NE(result.output.find("no algorithm plugin named 'sf\xc3\xa9t'"), std::string::npos) << result.output;
 }
 
 }  // namespace

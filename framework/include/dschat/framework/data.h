@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "dschat/sdk/config.h"
 #include "dschat/sdk/data.h"
 
 namespace dschat {
@@ -17,7 +18,8 @@ namespace dschat {
 // A problem in a data file. what() is "file:line: field 'x': message" (line and field when known).
 class DataError : public std::runtime_error {
  public:
-  using std::runtime_error::runtime_error;
+  // The message quotes the file's bytes; invalid UTF-8 in it is escaped (printable_text).
+  explicit DataError(const std::string& what) : std::runtime_error(printable_text(what)) {}
 };
 
 struct DatasetSpec {

@@ -21,6 +21,10 @@ struct SourceLocation {
   std::string str() const;  // "file:line:col"
 };
 
+// `text` safe to print: valid UTF-8 passes unchanged; each byte of an invalid sequence (and control characters
+// other than tab and newline) becomes \xNN, so a message quoting a broken file never writes raw bytes to a terminal.
+DSCHAT_SDK_API std::string printable_text(std::string_view text);
+
 // A configuration problem: exit code 2 at the CLI. what() is the full "file:line:col: key.path: message".
 class DSCHAT_SDK_API ConfigError : public std::runtime_error {
  public:
