@@ -77,14 +77,17 @@ class Handler(http.server.BaseHTTPRequestHandler):
                                       "range": self.headers.get("Range"),
                                       "authorization": self.headers.get("Authorization")}) + "\n")
 
-    def reply(self, status, headers=(), body=b"", send_body=True):
+    def start_reply(self, status, headers, length):
         self.record(status)
         self.send_response(status)
         for k, v in headers:
             self.send_header(k, v)
-        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Content-Length", str(length))
         self.end_headers()
-        if send_body and self.command != "HEAD":
+
+    def reply(self, status, headers=(), body=b""):
+        self.start_reply(status, headers, len(body))
+        if self.command != "HEAD":
             self.wfile.write(body)
 
     def error(self, status, code, message):
@@ -110,22 +113,29 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return self.resolve("/".join(parts[:2]), parts[3], "/".join(parts[4:]))
         self.error(404, "NotFound", f"no route {path}")
 
-    def model_info(self, repo_id, revision):  # what snapshot_download lists a repository with
+    def find_repo(self, repo_id, revision):
+        """The repository at `revision`, or None after answering with the Hub's error."""
         repo = self.hub.repos.get(repo_id)
         if repo is None:
-            return self.error(401, "RepoNotFound", "Repository not found")
+            self.error(401, "RepoNotFound", "Repository not found")
+            return None
         if revision not in ("main", repo.commit):
-            return self.error(404, "RevisionNotFound", f"Invalid rev id: {revision}")
+            self.error(404, "RevisionNotFound", f"Invalid rev id: {revision}")
+            return None
+        return repo
+
+    def model_info(self, repo_id, revision):  # what snapshot_download lists a repository with
+        repo = self.find_repo(repo_id, revision)
+        if repo is None:
+            return
         info = {"id": repo_id, "modelId": repo_id, "sha": repo.commit, "private": False,
                 "siblings": [{"rfilename": f} for f in sorted(repo.files)]}
         self.reply(200, [("Content-Type", "application/json")], json.dumps(info).encode())
 
     def tree(self, repo_id, revision):  # the recursive listing huggingface_hub's snapshot_download walks
-        repo = self.hub.repos.get(repo_id)
+        repo = self.find_repo(repo_id, revision)
         if repo is None:
-            return self.error(401, "RepoNotFound", "Repository not found")
-        if revision not in ("main", repo.commit):
-            return self.error(404, "RevisionNotFound", f"Invalid rev id: {revision}")
+            return
         entries = []
         for name in sorted(repo.files):
             data = repo.files[name]
@@ -161,13 +171,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
                         ("Location", f"http://{cdn}:{port}/cdn/{sha}")]
             return self.reply(302, headers)
         if self.command == "HEAD":
-            self.record(200)
-            self.send_response(200)
-            for k, v in headers:
-                self.send_header(k, v)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            return
+            return self.start_reply(200, headers, len(data))
         self.send_bytes(file, data, headers)
 
     def serve_blob(self, sha):
@@ -192,12 +196,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         with self.hub.lock:
             if self.hub.cut and self.hub.cut[0] == file and self.command == "GET":
                 cut, self.hub.cut = self.hub.cut[1], None
-        self.record(status)
-        self.send_response(status)
-        for k, v in headers:
-            self.send_header(k, v)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
+        self.start_reply(status, headers, len(body))
         if self.command == "HEAD":
             return
         if cut is not None:
