@@ -95,8 +95,9 @@ size_t write_body(char* data, size_t size, size_t count, void* user) {
     long status = 0;
     curl_easy_getinfo(sink->curl, CURLINFO_RESPONSE_CODE, &status);
     sink->status = status;
-    if (status < 200 || status >= 300) {  // an error page: kept for the message, the file is not touched
-      sink->response->body.append(data, std::min<size_t>(n, 4096 - std::min<size_t>(4096, sink->response->body.size())));
+    if (status < 200 || status >= 300) {  // an error page: its start is kept for the message, the file untouched
+      const size_t room = 4096 - std::min<size_t>(4096, sink->response->body.size());
+      sink->response->body.append(data, std::min(n, room));
       return n;
     }
     // 206: the server resumes where the file ends; 200: it sends everything, so start the file over.
@@ -108,10 +109,6 @@ size_t write_body(char* data, size_t size, size_t count, void* user) {
       return 0;  // aborts the transfer
     }
     sink->opened = true;
-  }
-  if (sink->status < 200 || sink->status >= 300) {
-    sink->response->body.append(data, std::min<size_t>(n, 4096 - std::min<size_t>(4096, sink->response->body.size())));
-    return n;
   }
   if (std::fwrite(data, 1, n, sink->file) != n) return 0;
   sink->written += static_cast<int64_t>(n);
