@@ -184,6 +184,14 @@ RunOutcome run_pipeline(const Pipeline& pipeline, const PluginRegistry& registry
                                (context.stage_dir() / "final").string());
       continue;
     }
+    // A signal that came outside a training loop (an evaluation, an export): the finished stages are kept, and
+    // the next one does not start.
+    if (const int sig = stop_signal_everywhere()) {
+      if (main_rank)
+        std::cerr << fmt::format("stopped by {} before stage {}; the finished stages are kept: run the same command "
+                                 "again to continue\n", signal_name(sig), stage.name);
+      return {false, sig};
+    }
     std::cout << fmt::format("[{}/{}] stage {} ({})\n", i + 1, pipeline.stages.size(), stage.name,
                              stage.algorithm_name);
     std::filesystem::create_directories(context.stage_dir());
