@@ -147,6 +147,29 @@ DataSpec read_data(const ConfigTable& data) {
   return spec;
 }
 
+// A stage that trains on a share of the split must get rows there, and pairs if it needs them: single-answer
+// (sft-schema) datasets feed only SFT, pair datasets every share whose split entry is above 0.
+void check_data_needs(const ConfigTable& stage_table, const StageSpec& stage, const DataSpec& data) {
+  const DataNeeds needs = stage.algorithm->data_needs();
+  if (!needs.phase) return;
+  const auto phase = static_cast<size_t>(*needs.phase);
+  const char* share[] = {"SFT", "reward", "PPO"};
+  bool rows = false, pairs = false;
+  for (const auto& ds : data.datasets) {
+    const bool paired = ds.schema == "rm-static" || ds.schema == "pairwise";
+    const bool feeds = ds.schema == "sft" ? phase == 0 : phase < data.split.size() && data.split[phase] > 0;
+    rows |= feeds;
+    pairs |= feeds && paired;
+  }
+  if (!rows)
+    stage_table.fail("algorithm", fmt::format("{} trains on the {} share of [data], which no dataset feeds (split = "
+                                              "[{}]; single-answer datasets feed only SFT)",
+                                              stage.algorithm_name, share[phase], fmt::join(data.split, ", ")));
+  if (needs.pairs && !pairs)
+    stage_table.fail("algorithm", fmt::format("{} needs chosen/rejected pairs, and the datasets feeding its share "
+                                              "hold single answers (schema sft)", stage.algorithm_name));
+}
+
 // Validation goes on after an error: each independent part (a model, the data, a stage, ...) is read on its own,
 // and what fails is recorded, so that one run of `validate` reports every problem it can find.
 class ErrorCollector {
@@ -329,6 +352,7 @@ Pipeline load_pipeline(const std::filesystem::path& file, const std::vector<std:
                                        hint.empty() ? "" : fmt::format("; did you mean '{}'?", hint)));
         }
       }
+      check_data_needs(table, stage, p.data);
       p.stages.push_back(stage);
     });
     if (!stage.name.empty()) known_outputs.insert(stage.name);  // later stages may name it, even if it is broken

@@ -293,11 +293,14 @@ TEST(Ppo, PtxMixesACausalLmLossOnPretrainingText) {
   EXPECT_EQ(values_of(rows, "consistency/max_abs_diff").size(), 2u);
 }
 
+// Found when the pipeline is read (validate), not when the stage starts.
 TEST(Ppo, PtxWithoutPretrainingTextIsAnError) {
   const fs::path root = fresh_dir("ppo-ptx-missing");
-  auto pipeline = load_pipeline(write_pipeline(root, "enable_ptx = true\n"), {}, registry());
-  ::testing::internal::CaptureStderr();
-  EXPECT_FALSE(run_pipeline(pipeline, registry()));
-  const std::string err = ::testing::internal::GetCapturedStderr();
-  EXPECT_NE(err.find("enable_ptx = true but the pipeline's [data] has no pretraining texts"), std::string::npos) << err;
+  try {
+    load_pipeline(write_pipeline(root, "enable_ptx = true\n"), {}, registry());
+    FAIL() << "enable_ptx without [data] pretraining was accepted";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("enable_ptx: PTX mixes pretraining texts into the actor's steps"),
+              std::string::npos) << e.what();
+  }
 }

@@ -199,6 +199,65 @@ generation = {{ plugin = "kv-cache" }}
             std::string::npos) << result.output;
 }
 
+// A reward stage given only single-answer data, and a PPO stage whose share of the split is 0: each would find
+// nothing to train on, and says so at validate.
+TEST(ValidateAll, StagesThatWouldFindNoDataAreRefused) {
+  fs::create_directories(kOut);
+  std::ofstream(kOut / "answers.jsonl") << "{\"prompt\": \"hi\", \"response\": \"hello\"}\n";
+  auto file = write("needs.toml", fmt::format(R"([pipeline]
+name = "needs"
+
+[models.actor]
+path = "{0}"
+init = "random"
+
+[data]
+datasets = ["{1}"]
+split = [2, 4, 0]
+
+[[stage]]
+name = "rm"
+algorithm = "reward"
+model = "actor"
+
+[[stage]]
+name = "rlhf"
+algorithm = "ppo"
+actor = "actor"
+critic = "rm"
+generation = {{ plugin = "kv-cache" }}
+)",
+                                              kModel, (kOut / "answers.jsonl").string()));
+  auto result = run_dschat("validate " + file.string());
+  EXPECT_EQ(result.exit_code, 2) << result.output;
+  EXPECT_NE(result.output.find(":14:13: stage.rm.algorithm: reward trains on the reward share of [data], which no "
+                               "dataset feeds (split = [2, 4, 0]; single-answer datasets feed only SFT)"),
+            std::string::npos) << result.output;
+  EXPECT_NE(result.output.find(":19:13: stage.rlhf.algorithm: ppo trains on the PPO share"), std::string::npos)
+      << result.output;
+  // Pair data feeds the reward share: the same reward stage is fine.
+  auto ok = write("needs-ok.toml", fmt::format(R"([pipeline]
+name = "needs-ok"
+
+[models.actor]
+path = "{0}"
+init = "random"
+
+[data]
+datasets = ["{1}"]
+max_seq_len = 96
+max_prompt_seq_len = 32
+
+[[stage]]
+name = "rm"
+algorithm = "reward"
+model = "actor"
+)",
+                                               kModel, kData));
+  auto fine = run_dschat("validate " + ok.string());
+  EXPECT_EQ(fine.exit_code, 0) << fine.output;
+}
+
 // Bytes that are not UTF-8, in a data row or a pipeline value, are quoted as \xNN escapes, never written raw.
 TEST(ValidateAll, InvalidUtf8IsEscapedInMessages) {
   EXPECT_EQ(dschat::printable_text("caf\xc3\xa9 \xe2\x82\xac"), "caf\xc3\xa9 \xe2\x82\xac");  // valid: unchanged

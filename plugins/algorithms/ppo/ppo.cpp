@@ -217,6 +217,7 @@ class Ppo : public Algorithm {
  public:
   explicit Ppo(const ConfigTable& table) : o_(read_options(table)) {}
 
+  DataNeeds data_needs() const override { return {Phase::ppo, false}; }
   std::map<std::string, std::string> model_roles() const override {
     return {{"actor", o_.actor}, {"critic", o_.critic}, {"reference", o_.reference}, {"reward", o_.reward}};
   }

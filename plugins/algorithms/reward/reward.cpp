@@ -39,6 +39,7 @@ class Reward : public Algorithm {
     if (!options.has("eval_iters")) options_.eval_iters = 100;  // DeepSpeed-Chat step 2's default
   }
 
+  DataNeeds data_needs() const override { return {Phase::reward, true}; }
   std::map<std::string, std::string> model_roles() const override {
     return {{"model", options_.model_role_reference}};
   }

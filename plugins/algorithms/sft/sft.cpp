@@ -39,6 +39,7 @@ class Sft : public Algorithm {
  public:
   explicit Sft(const ConfigTable& options) : options_(read_train_options(options, {9.65e-6, 0.0})) {}
 
+  DataNeeds data_needs() const override { return {Phase::sft, false}; }
   std::map<std::string, std::string> model_roles() const override {
     return {{"model", options_.model_role_reference}};
   }

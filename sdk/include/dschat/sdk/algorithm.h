@@ -4,6 +4,7 @@
 #include <filesystem>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -54,15 +55,23 @@ class StageContext {
   virtual const std::vector<std::shared_ptr<Hook>>& hooks() = 0;
 };
 
+// What a stage reads of the pipeline's [data], so that validate can tell a stage it would find nothing (a reward
+// stage given only single-answer data, a share of the split set to 0) before any stage runs.
+struct DataNeeds {
+  std::optional<Phase> phase;  // the share of the split the stage trains on; unset: the stage reads no [data]
+  bool pairs = false;          // it needs chosen/rejected pairs, not single answers
+};
+
 class Algorithm {
  public:
   static constexpr const char* kind = "algorithm";
-  static constexpr int interface_version = 1;
+  static constexpr int interface_version = 2;  // 2: data_needs()
   virtual ~Algorithm() = default;
 
   // Model roles this stage reads and what each refers to ("actor" -> "sft", "model" -> "base"), so the host
   // can check references before any work starts and order stages.
   virtual std::map<std::string, std::string> model_roles() const = 0;
+  virtual DataNeeds data_needs() const { return {}; }
   // Runs the stage. The final model goes to stage_dir()/final as an HF folder; the host marks it complete
   // (and reuses it on the next run) only after run() returns.
   virtual void run(StageContext& context) = 0;
