@@ -346,7 +346,15 @@ TEST(TensorParallel, StrategyPluginDescribesAndRefusesTraining) {
   auto message = error_of([&] { strategy->make_engine(lm, lm, {}); });
   EXPECT_NE(message.find("tensor-parallel training is not implemented"), std::string::npos) << message;
   message = error_of([&] { registry().create<Strategy>("tp", table("tp_size = 2")); });
-  EXPECT_NE(message.find("must equal the number of ranks (1)"), std::string::npos) << message;
+  EXPECT_NE(message.find("must equal the number of ranks the launcher started (1)"), std::string::npos) << message;
+  // Validated under a launcher (before any process group exists): the launcher's world size is what counts.
+  ::setenv("WORLD_SIZE", "2", 1);
+  ::setenv("RANK", "0", 1);
+  EXPECT_NO_THROW(registry().create<Strategy>("tp", table("tp_size = 2")));
+  message = error_of([&] { registry().create<Strategy>("tp", table("tp_size = 3")); });
+  ::unsetenv("WORLD_SIZE");
+  ::unsetenv("RANK");
+  EXPECT_NE(message.find("must equal the number of ranks the launcher started (2)"), std::string::npos) << message;
 }
 
 }  // namespace

@@ -6,6 +6,7 @@
 // Training is not tensor-parallel here: make_engine refuses with a pointer to the data-parallel strategies, whose
 // gathered actor (Engine::gather_parameters) make_tensor_parallel_shard / refresh_tensor_parallel_shard re-shard
 // for each rollout.
+#include <algorithm>
 #include <stdexcept>
 
 #include "dschat/sdk/distributed.h"
@@ -17,11 +18,17 @@ namespace {
 class TensorParallelStrategy : public dschat::Strategy {
  public:
   explicit TensorParallelStrategy(const dschat::ConfigTable& options) {
-    const int64_t world = dschat::world().size();
+    // The world the launcher started (its variables), not the process group: the pipeline is validated before
+    // the group exists, so `torchrun ... dschat validate` checks the layout against the real rank count.
+    int64_t world = dschat::world().size();
+    try {
+      world = std::max<int64_t>(world, dschat::detect_launch_environment().world_size);
+    } catch (const std::invalid_argument&) {  // inconsistent variables: the rendezvous reports them
+    }
     tp_size_ = options.get_int("tp_size", world, 1);
     // One group, the whole run: the communicator has no sub-groups yet, so tp x dp layouts are not possible.
     if (tp_size_ != world) {
-      options.fail("tp_size", "must equal the number of ranks (" + std::to_string(world) +
+      options.fail("tp_size", "must equal the number of ranks the launcher started (" + std::to_string(world) +
                                   "): tensor parallelism spans the whole run (no data-parallel replicas of it yet)");
     }
   }
