@@ -287,10 +287,13 @@ Pipeline load_pipeline(const std::filesystem::path& file, const std::vector<std:
   if (strategy) errors.attempt(strategy, [&] { p.strategy = read_strategy(*strategy, registry); });
 
   auto data = root.get_optional_table("data");
+  bool data_ok = true;  // a [data] that failed to read is reported once, not again by every stage's data needs
   if (data)
-    errors.attempt(data, [&] {
-      p.data = read_data(*data);
-      // Learned position tables end where they end (OPT, BLOOM's alibi does not, LLaMA's rope is trained to it).
+    data_ok = errors.attempt(data, [&] { p.data = read_data(*data); });
+  if (data && data_ok)
+    errors.attempt(std::nullopt, [&] {
+      // A learned position table (OPT) has no row past its end, and rope models (LLaMA) were trained up to it;
+      // BLOOM's alibi declares no such limit.
       for (const auto& [name, model] : p.models)
         for (const char* key : {"max_position_embeddings", "n_positions"})
           if (model.hf_config.contains(key) && model.hf_config[key].is_number_integer() &&
@@ -352,7 +355,7 @@ Pipeline load_pipeline(const std::filesystem::path& file, const std::vector<std:
                                        hint.empty() ? "" : fmt::format("; did you mean '{}'?", hint)));
         }
       }
-      check_data_needs(table, stage, p.data);
+      if (data_ok) check_data_needs(table, stage, p.data);
       p.stages.push_back(stage);
     });
     if (!stage.name.empty()) known_outputs.insert(stage.name);  // later stages may name it, even if it is broken
