@@ -59,18 +59,13 @@ std::map<std::string, at::Tensor> consolidate(const fs::path& checkpoint) {
 }
 
 // How the reward stage scored: reward_model.json of the --like folder when it is a reward stage's output, else what
-// the reward stage would derive from the tokenizer (DeepSpeed-Chat pads with eos; OPT-style tokenizers start each
-// sequence with it, which counts as one padding at the beginning).
-nlohmann::json reward_conventions(const fs::path& like, const Tokenizer* tokenizer) {
+// the reward stage derives from the tokenizer (the SDK's reward_conventions).
+nlohmann::json conventions_for(const fs::path& like, const Tokenizer* tokenizer) {
   if (fs::exists(like / "reward_model.json")) return read_json_object(like / "reward_model.json", "");
   if (tokenizer == nullptr)
     throw std::runtime_error(fmt::format("{} has neither reward_model.json nor a tokenizer to derive the pad token "
                                          "from", like.string()));
-  auto pad = tokenizer->eos_id() ? tokenizer->eos_id() : tokenizer->pad_id();
-  if (!pad) throw std::runtime_error(fmt::format("the tokenizer of {} has neither a pad nor an eos token", like.string()));
-  auto probe = tokenizer->encode("a", /*add_special_tokens=*/true);
-  const int64_t npb = !probe.empty() && probe.front() == *pad ? 1 : 0;
-  return {{"pad_token_id", *pad}, {"num_padding_at_beginning", npb}, {"value_head", "v_head.weight"}};
+  return reward_conventions_json(reward_conventions(*tokenizer));
 }
 
 int consolidate_command(const std::vector<std::string>& args) {
@@ -119,12 +114,14 @@ int consolidate_command(const std::vector<std::string>& args) {
   registry.discover(PluginRegistry::search_paths({}));
   nlohmann::json hf_config = read_hf_config(like);
   auto no_options = ConfigDocument::parse_string("", "<consolidate>", ".");
-  if (!hf_config.contains("model_type") || !hf_config["model_type"].is_string()) {
-    std::cerr << "dschat consolidate: " << (like / "config.json").string()
-              << " has no string \"model_type\" (which model family is this?)\n";
+  std::string model_type;
+  try {
+    model_type = model_type_of(hf_config, like);
+  } catch (const std::invalid_argument& e) {
+    std::cerr << "dschat consolidate: " << e.what() << "\n";
     return 2;
   }
-  auto family = registry.create<ModelFamily>(hf_config["model_type"].get<std::string>(), no_options->root());
+  auto family = registry.create<ModelFamily>(model_type, no_options->root());
   std::shared_ptr<CausalLM> model = family->build(hf_config, {});
   // A reward model or critic checkpoint names its parameters as the RewardModel module does: the base model under
   // "rwtransformer." beside "v_head.weight". Filling that module writes the same folder the reward stage does.
@@ -148,7 +145,7 @@ int consolidate_command(const std::vector<std::string>& args) {
   if (fs::exists(like / "tokenizer.json") || fs::exists(like / "vocab.json")) tokenizer = Tokenizer::from_dir(like);
   if (reward_model) {
     if (dtype == "bf16") rm->to(at::kBFloat16);
-    save_reward_model(*rm, *family, tokenizer.get(), out, reward_conventions(like, tokenizer.get()));
+    save_reward_model(*rm, *family, tokenizer.get(), out, conventions_for(like, tokenizer.get()));
   } else {
     ExportOptions export_options;
     if (dtype == "bf16") export_options.dtype = at::kBFloat16;

@@ -64,12 +64,13 @@ int generate_command(const std::vector<std::string>& args) {
   PluginRegistry registry;
   registry.discover(PluginRegistry::search_paths({}));
   nlohmann::json hf_config = read_hf_config(dir);
-  if (!hf_config.contains("model_type") || !hf_config["model_type"].is_string()) {
-    std::cerr << "dschat generate: " << (dir / "config.json").string()
-              << " has no string \"model_type\" (which model family is this?)\n";
+  std::string model_type;
+  try {
+    model_type = model_type_of(hf_config, dir);
+  } catch (const std::invalid_argument& e) {
+    std::cerr << "dschat generate: " << e.what() << "\n";
     return 2;
   }
-  std::string model_type = hf_config["model_type"].get<std::string>();
   auto no_options = ConfigDocument::parse_string("", "<generate>", ".");
   auto family = registry.create<ModelFamily>(model_type, no_options->root());
   ModelOptions model_options;

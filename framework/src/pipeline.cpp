@@ -48,9 +48,12 @@ ModelSpec read_model(const std::string& name, const ConfigTable& table, const Pl
   spec.dtype = table.get_choice("dtype", {"fp32", "bf16", "fp16"}, "fp32");
   spec.init = table.get_choice("init", {"pretrained", "random"}, "pretrained");
   spec.hf_config = read_model_config(table, spec.path);
-  if (!spec.hf_config.contains("model_type") || !spec.hf_config["model_type"].is_string())
-    table.fail("path", fmt::format("{}/config.json has no string \"model_type\"", spec.path.string()));
-  std::string model_type = spec.hf_config["model_type"].get<std::string>();
+  std::string model_type;
+  try {
+    model_type = model_type_of(spec.hf_config, spec.path);
+  } catch (const std::invalid_argument& e) {
+    table.fail("path", e.what());
+  }
   try {
     spec.family = registry.create<ModelFamily>(model_type, table);
   } catch (const PluginError& e) {

@@ -232,6 +232,13 @@ nlohmann::json read_hf_config(const fs::path& dir_or_file) {
   return read_json_object(file, "the model's config.json");
 }
 
+std::string model_type_of(const nlohmann::json& hf_config, const fs::path& dir) {
+  if (!hf_config.is_object() || !hf_config.contains("model_type") || !hf_config["model_type"].is_string())
+    throw std::invalid_argument((dir / "config.json").string() +
+                                " has no string \"model_type\" (which model family is this?)");
+  return hf_config["model_type"].get<std::string>();
+}
+
 const ModelFamily& select_family(const nlohmann::json& hf_config,
                                  const std::vector<std::shared_ptr<ModelFamily>>& families) {
   check(hf_config.is_object() && hf_config.contains("model_type") && hf_config["model_type"].is_string(),

@@ -1,5 +1,7 @@
 #include "dschat/sdk/reward_model.h"
 
+#include <stdexcept>
+
 #include <nlohmann/json.hpp>
 
 #include "dschat/sdk/atomic_file.h"
@@ -30,6 +32,21 @@ void save_reward_model(RewardModel& model, const ModelFamily& family, const Toke
   safetensors::save_file(dir / "value_head.safetensors", {{"v_head.weight", head}}, {{"format", "pt"}});
   if (tokenizer != nullptr) tokenizer->save(dir);
   write_file_atomic(dir / "reward_model.json", conventions.dump(2) + "\n");
+}
+
+RewardConventions reward_conventions(const Tokenizer& tokenizer) {
+  auto pad = tokenizer.eos_id() ? tokenizer.eos_id() : tokenizer.pad_id();
+  if (!pad) throw std::invalid_argument("the tokenizer has neither a pad nor an eos token");
+  RewardConventions c;
+  c.pad_token_id = *pad;
+  auto probe = tokenizer.encode("a", /*add_special_tokens=*/true);
+  c.num_padding_at_beginning = !probe.empty() && probe.front() == c.pad_token_id ? 1 : 0;
+  return c;
+}
+
+nlohmann::json reward_conventions_json(const RewardConventions& c) {
+  return {{"pad_token_id", c.pad_token_id}, {"num_padding_at_beginning", c.num_padding_at_beginning},
+          {"value_head", "v_head.weight"}};
 }
 
 void load_value_head(RewardModel& model, const std::filesystem::path& dir) {

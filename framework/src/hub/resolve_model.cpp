@@ -43,20 +43,15 @@ std::string human_bytes(int64_t bytes) {
   return fmt::format("{:.2f} GB", bytes / 1e9);
 }
 
-std::string url_escape_path(const std::string& text) {
+// Percent-encodes all but URL-safe characters; a file name keeps its '/' (folders in the repository), a revision
+// does not ("refs/pr/1" is one path segment).
+std::string url_escape(const std::string& text, bool keep_slash) {
   std::string out;
   for (unsigned char c : text) {
-    if (std::isalnum(c) || c == '-' || c == '_' || c == '.' || c == '~' || c == '/') out += static_cast<char>(c);
-    else out += fmt::format("%{:02X}", c);
-  }
-  return out;
-}
-
-std::string escape_revision(const std::string& revision) {  // "refs/pr/1" is one path segment
-  std::string out;
-  for (unsigned char c : revision) {
-    if (std::isalnum(c) || c == '-' || c == '_' || c == '.' || c == '~') out += static_cast<char>(c);
-    else out += fmt::format("%{:02X}", c);
+    if (std::isalnum(c) || c == '-' || c == '_' || c == '.' || c == '~' || (keep_slash && c == '/'))
+      out += static_cast<char>(c);
+    else
+      out += fmt::format("%{:02X}", c);
   }
   return out;
 }
@@ -120,8 +115,8 @@ class HubRepo {
 
  private:
   std::string resolve_url(const std::string& revision, const std::string& file) const {
-    return fmt::format("{}/{}/resolve/{}/{}", settings_.endpoint, id_.repo, escape_revision(revision),
-                       url_escape_path(file));
+    return fmt::format("{}/{}/resolve/{}/{}", settings_.endpoint, id_.repo, url_escape(revision, false),
+                       url_escape(file, true));
   }
 
   HttpRequest request(const std::string& url) const {

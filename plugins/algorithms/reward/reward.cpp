@@ -64,15 +64,10 @@ class Reward : public Algorithm {
     const auto& train = data.tokenized(Phase::reward, false, *tokenizer);
     const auto& eval = data.tokenized(Phase::reward, true, *tokenizer);
     const int64_t max_seq_len = data.limits().max_seq_len;
-    // DeepSpeed-Chat pads with eos (tokenizer.pad_token = eos_token) for every family but LLaMA, which has none.
-    auto pad = tokenizer->eos_id() ? tokenizer->eos_id() : tokenizer->pad_id();
-    if (!pad) throw std::invalid_argument("the tokenizer has neither a pad nor an eos token");
-    const int64_t pad_id = *pad;
-    int64_t npb = num_padding_at_beginning_;
-    if (npb < 0) {
-      auto probe = tokenizer->encode("a", /*add_special_tokens=*/true);
-      npb = !probe.empty() && probe.front() == pad_id ? 1 : 0;
-    }
+    RewardConventions conventions = reward_conventions(*tokenizer);
+    if (num_padding_at_beginning_ >= 0) conventions.num_padding_at_beginning = num_padding_at_beginning_;
+    const int64_t pad_id = conventions.pad_token_id;
+    const int64_t npb = conventions.num_padding_at_beginning;
     for (const auto* set : {&train, &eval})
       for (const auto& ex : *set)
         if (ex.rejected.empty())
@@ -136,7 +131,7 @@ class Reward : public Algorithm {
     auto whole = engine->gather_parameters();  // ZeRO-3: every weight back on every rank for the export
     if (world().is_main())
       save_reward_model(*rm, *handle.family, tokenizer.get(), context.stage_dir() / "final",
-                        {{"pad_token_id", pad_id}, {"num_padding_at_beginning", npb}, {"value_head", "v_head.weight"}});
+                        reward_conventions_json(conventions));
   }
 
  private:

@@ -177,6 +177,9 @@ DSCHAT_SDK_API nlohmann::json read_json_object(const std::filesystem::path& file
 
 // Reads a config.json (errors name the file).
 DSCHAT_SDK_API nlohmann::json read_hf_config(const std::filesystem::path& dir_or_file);
+// config.json's "model_type", which picks the model plugin; std::invalid_argument naming dir/config.json when it
+// has none.
+DSCHAT_SDK_API std::string model_type_of(const nlohmann::json& hf_config, const std::filesystem::path& dir);
 
 // Typed config.json access whose errors name the key and what was expected.
 DSCHAT_SDK_API int64_t hf_int(const nlohmann::json& config, const char* key);

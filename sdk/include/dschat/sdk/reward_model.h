@@ -40,6 +40,17 @@ class DSCHAT_SDK_API RewardModel : public torch::nn::Module {
 // (`conventions`, e.g. {"pad_token_id": 1, "num_padding_at_beginning": 1}).
 DSCHAT_SDK_API void save_reward_model(RewardModel& model, const ModelFamily& family, const Tokenizer* tokenizer,
                                       const std::filesystem::path& dir, const nlohmann::json& conventions);
+// DeepSpeed-Chat's scoring conventions as a tokenizer implies them: pad = eos (every family but LLaMA, which has
+// no eos-as-pad and uses its pad), and one padding at the beginning when the tokenizer starts every sequence with
+// that token (OPT's </s>). Throws std::invalid_argument when the tokenizer has neither token.
+struct RewardConventions {
+  int64_t pad_token_id = 0;
+  int64_t num_padding_at_beginning = 0;
+};
+DSCHAT_SDK_API RewardConventions reward_conventions(const Tokenizer& tokenizer);
+// reward_model.json's content for them.
+DSCHAT_SDK_API nlohmann::json reward_conventions_json(const RewardConventions& conventions);
+
 // Loads value_head.safetensors from `dir` into model.v_head (shape checked, converted to its dtype).
 DSCHAT_SDK_API void load_value_head(RewardModel& model, const std::filesystem::path& dir);
 
