@@ -49,6 +49,10 @@ class EagerGenerator : public Generator {
       sequences = at::cat({sequences, tokens.unsqueeze(1)}, 1);
       mask = at::cat({mask, running.unsqueeze(1)}, 1);
       logprobs.push_back(pick.logprobs * running.to(at::kFloat));
+      if (options.on_step) {
+        auto rows = at::nonzero(running).squeeze(1);
+        if (!options.on_step(t, pick.tokens.index_select(0, rows), rows)) break;
+      }
       running = running * generation::is_eos(pick.tokens, options).logical_not().to(at::kLong);
       if (running.eq(0).all().item<bool>()) break;
     }

@@ -59,6 +59,7 @@ class KvCacheGenerator : public Generator {
       logprobs.select(1, t).index_copy_(0, active, pick.logprobs);
       lengths.index_fill_(0, active, t + 1);
       steps = t + 1;
+      if (options.on_step && !options.on_step(t, pick.tokens, active)) break;
       if (t + 1 == max_new) break;
 
       auto next = pick.tokens;

@@ -13,6 +13,7 @@
 // batch row (whether or not the row is still running) and picks the token by inverse CDF. So the tokens depend
 // only on (seed, row, step) and the logits, not on how many rows a generator keeps in its working batch.
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <vector>
 
@@ -40,6 +41,10 @@ struct DSCHAT_SDK_API SamplingOptions {
   // Set: a fresh generator seeded with it for this call. Unset: the Generator's own stream (seeded by its
   // `seed` option), which advances from call to call.
   std::optional<uint64_t> seed;
+  // Set: called after every decode step with the step (0-based), the tokens just chosen for the rows still
+  // running [N] and those rows' original indices [N]. Returning false ends generation for every row after this
+  // step. Streaming output (`dschat chat`) and stop strings are built on it.
+  std::function<bool(int64_t step, const at::Tensor& tokens, const at::Tensor& rows)> on_step;
 
   // Throws std::invalid_argument naming the bad field.
   void validate() const;
@@ -66,7 +71,8 @@ class Generator {
  public:
   static constexpr const char* kind = "generation";
   // 2: SamplingOptions/GenerationResult reworked (eos list, answer mask, log-probs), defaults().
-  static constexpr int interface_version = 2;
+  // 3: SamplingOptions::on_step.
+  static constexpr int interface_version = 3;
   virtual ~Generator() = default;
 
   // The options the factory read; copy and change fields for a per-call override.
