@@ -8,6 +8,7 @@
 #include <boost/program_options.hpp>
 #include <fmt/format.h>
 
+#include "command_support.h"
 #include "dschat/framework/pipeline.h"
 #include "dschat/framework/registry.h"
 #include "dschat/framework/runner.h"
@@ -32,8 +33,12 @@ commands:
   run FILE        run a pipeline (SFT -> reward model -> PPO, as the file says)
   validate FILE   check a pipeline file, its files and its plugins; do nothing else
   plugins         list the plugins found, with version, file and status
+  train           DeepSpeed-Chat's one-line launcher: writes the pipeline for --actor-model/--reward-model and runs it
   generate        answer a prompt from an HF model folder (see `dschat generate --help`)
+  chat            talk to a model, multi-turn, tokens streamed (see `dschat chat --help`)
+  eval            `eval reward`: a reward model's pair accuracy; `eval prompts`: two models' answers side by side
   consolidate     turn a sharded ddp/zero checkpoint into an HF folder (see `dschat consolidate --help`)
+  plot RUN_DIR    draw each stage's metrics.jsonl curves as PNG and SVG into RUN_DIR/plots
 
 options:
   --version       print dschat's version, the LibTorch version and the build fingerprint
@@ -41,30 +46,6 @@ options:
 
 exit codes: 0 success, 2 usage or configuration error, 1 failure while running
 )";
-
-struct UsageError : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
-
-// Parses a sub-command's arguments; returns nullopt after printing --help.
-std::optional<po::variables_map> parse_command(const std::string& command, const po::options_description& options,
-                                               const po::positional_options_description& positional,
-                                               const std::vector<std::string>& args, const std::string& synopsis) {
-  po::options_description all;
-  all.add(options).add_options()("help,h", "show this help");
-  po::variables_map vm;
-  try {
-    po::store(po::command_line_parser(args).options(all).positional(positional).run(), vm);
-    if (vm.count("help")) {
-      std::cout << "usage: dschat " << command << " " << synopsis << "\n\n" << all << "\n";
-      return std::nullopt;
-    }
-    po::notify(vm);
-  } catch (const po::error& e) {
-    throw UsageError(fmt::format("dschat {}: {}\nusage: dschat {} {}", command, e.what(), command, synopsis));
-  }
-  return vm;
-}
 
 po::options_description pipeline_options() {
   po::options_description options("options");
@@ -87,7 +68,7 @@ int command_validate(const std::vector<std::string>& args, bool run, bool dry_ru
   po::positional_options_description positional;
   positional.add("file", 1);
   std::string command = run ? "run" : "validate";
-  auto vm = parse_command(command, options, positional, args, "FILE [--set key.path=value ...]" +
+  auto vm = parse_flags(command, options, positional, args, "FILE [--set key.path=value ...]" +
                                                                   std::string(run ? " [--dry-run]" : ""));
   if (!vm) return kExitOk;
   apply_plugin_policy(*vm);
@@ -159,7 +140,7 @@ int command_plugins(const std::vector<std::string>& args) {
       "extra plugin folder or file, searched first (repeatable)")(
       "allow-insecure-plugins", "load plugin libraries that other users could have replaced (writable by them)");
   po::positional_options_description positional;
-  auto vm = parse_command("plugins", options, positional, args, "[--json] [--path DIR ...] [--allow-insecure-plugins]");
+  auto vm = parse_flags("plugins", options, positional, args, "[--json] [--path DIR ...] [--allow-insecure-plugins]");
   if (!vm) return kExitOk;
   apply_plugin_policy(*vm);
   std::vector<std::filesystem::path> extra;
@@ -213,7 +194,7 @@ int cli_main(int argc, char** argv) {
     if (auto it = extra_commands().find(command); it != extra_commands().end()) return it->second(rest);
     std::cerr << fmt::format("dschat: unknown command '{}'\n\n{}", command, kTopUsage);
     return kExitUsage;
-  } catch (const UsageError& e) {
+  } catch (const CommandError& e) {
     std::cerr << e.what() << "\n";
     return kExitUsage;
   } catch (const ConfigError& e) {

@@ -69,6 +69,7 @@ class AnswerStream {
     return 0;
   }
   void print_up_to(const std::string& shown) {
+    printed_ = std::max(printed_, std::min(shown.find_first_not_of(' '), shown.size()));  // no leading space shown
     if (shown.size() <= printed_) return;
     out_ << shown.substr(printed_) << std::flush;
     printed_ = shown.size();
