@@ -232,7 +232,11 @@ void check_model_files(const ConfigTable& table, const ModelSpec& spec) {
     try {
       if (safetensors::CheckpointReader::open(spec.path).names().empty())
         problems.push_back(fmt::format("weights: {} hold no tensors", spec.path.string()));
+      else  // every tensor name, shape and dtype against the model config.json describes
+        spec.family->check_pretrained(spec.path, ModelOptions{spec.dtype == "fp32" ? at::kFloat : at::kBFloat16});
     } catch (const safetensors::SafetensorsError& e) {
+      problems.push_back(fmt::format("weights: {}", e.what()));
+    } catch (const CheckpointError& e) {
       problems.push_back(fmt::format("weights: {}", e.what()));
     }
   }

@@ -261,34 +261,47 @@ bool ModelFamily::ignorable_tensor(const std::string& hf_name, const CausalLM& m
          ends_with(hf_name, ".attn.masked_bias");
 }
 
-void ModelFamily::load_state(CausalLM& model, const safetensors::CheckpointReader& reader) const {
-  const std::string where = "checkpoint " + reader.path().string();
-  const auto checkpoint_names = reader.names();
-  // Checkpoints of the bare base model (facebook/opt-*: "decoder.layers...") lack the "model." prefix.
-  const std::string prefix = base_model_prefix() + ".";
+namespace {
+
+// Each parameter's tensor name in the checkpoint. Checkpoints of the bare base model (facebook/opt-*:
+// "decoder.layers...") lack the "model." prefix.
+std::vector<std::pair<std::string, at::Tensor>> checkpoint_names(const ModelFamily& family, const CausalLM& model,
+                                                                 const safetensors::CheckpointReader& reader) {
+  const std::string prefix = family.base_model_prefix() + ".";
   bool bare = !prefix.empty() && prefix != ".";
-  for (const auto& name : checkpoint_names) {
+  for (const auto& name : reader.names()) {
     if (starts_with(name, prefix)) bare = false;
   }
+  std::vector<std::pair<std::string, at::Tensor>> out;
+  for (const auto& item : model.named_parameters(/*recurse=*/true)) {
+    if (is_lora_parameter(item.key())) continue;
+    std::string name = family.to_hf_name(item.key());
+    if (bare && starts_with(name, prefix)) name = name.substr(prefix.size());
+    out.emplace_back(std::move(name), item.value());
+  }
+  return out;
+}
 
+}  // namespace
+
+void ModelFamily::check_state(const CausalLM& model, const safetensors::CheckpointReader& reader) const {
+  const std::string where = "checkpoint " + reader.path().string();
   std::set<std::string> used;
   std::vector<std::string> missing;
-  at::NoGradGuard no_grad;
-  for (auto& item : model.named_parameters(/*recurse=*/true)) {
-    if (is_lora_parameter(item.key())) continue;
-    std::string name = to_hf_name(item.key());
-    if (bare && starts_with(name, prefix)) name = name.substr(prefix.size());
+  for (const auto& [name, param] : checkpoint_names(*this, model, reader)) {
     if (!reader.contains(name)) {
       missing.push_back(name);
       continue;
     }
     const auto& info = reader.info(name);
-    auto& param = item.value();
     if (at::IntArrayRef(info.shape) != param.sizes()) {
       throw CheckpointError(where + ": tensor '" + name + "' has shape " + shape_str(info.shape) +
                             " but config.json implies " + shape_str(param.sizes()));
     }
-    param.copy_(reader.load(name, param.scalar_type()));
+    if (!at::isFloatingType(info.dtype)) {
+      throw CheckpointError(where + ": tensor '" + name + "' is stored as " + std::string(c10::toString(info.dtype)) +
+                            ", not a floating-point type a weight can be loaded from");
+    }
     used.insert(name);
   }
   if (!missing.empty()) {
@@ -298,11 +311,17 @@ void ModelFamily::load_state(CausalLM& model, const safetensors::CheckpointReade
     throw CheckpointError(where + ": missing tensor" + (missing.size() > 1 ? "s " : " ") + list +
                           " (the " + model_type() + " model built from config.json needs it)");
   }
-  for (const auto& name : checkpoint_names) {
+  for (const auto& name : reader.names()) {
     if (used.count(name) || ignorable_tensor(name, model)) continue;
     throw CheckpointError(where + ": unexpected tensor '" + name + "' (no parameter of the " + model_type() +
                           " model built from config.json has this name)");
   }
+}
+
+void ModelFamily::load_state(CausalLM& model, const safetensors::CheckpointReader& reader) const {
+  check_state(model, reader);  // every name and shape, before the first tensor is read
+  at::NoGradGuard no_grad;
+  for (auto& [name, param] : checkpoint_names(*this, model, reader)) param.copy_(reader.load(name, param.scalar_type()));
 }
 
 void ModelFamily::export_hf(CausalLM& model, const fs::path& dir, const ExportOptions& options) const {
@@ -338,31 +357,40 @@ void ModelFamily::export_hf(CausalLM& model, const fs::path& dir, const ExportOp
   write_text_atomically(dir / "config.json", config.dump(2) + "\n");
 }
 
-std::shared_ptr<CausalLM> ModelFamily::from_pretrained(const fs::path& dir, const ModelOptions& options) const {
+std::shared_ptr<CausalLM> ModelFamily::build_for_checkpoint(const fs::path& dir, const ModelOptions& options) const {
   auto config = read_hf_config(dir);
   const auto type = config.value("model_type", std::string());
   if (type != model_type()) {
     throw CheckpointError((dir / "config.json").string() + ": model_type '" + type + "' is not handled by the '" +
                           model_type() + "' model plugin");
   }
-  std::shared_ptr<CausalLM> model;
   try {
     SkipWeightInit every_weight_comes_from_the_checkpoint;
     // Allocate in the target dtype from the start: no f32 copy of the model to convert (and page in) first.
     const auto previous_default = c10::get_default_dtype();
     if (at::isFloatingType(options.dtype)) c10::set_default_dtype(c10::scalarTypeToTypeMeta(options.dtype));
     try {
-      model = build(config, options);
+      auto model = build(config, options);
+      c10::set_default_dtype(previous_default);
+      return model;
     } catch (...) {
       c10::set_default_dtype(previous_default);
       throw;
     }
-    c10::set_default_dtype(previous_default);
   } catch (const std::exception& e) {
     throw CheckpointError((dir / "config.json").string() + ": " + e.what());
   }
+}
+
+std::shared_ptr<CausalLM> ModelFamily::from_pretrained(const fs::path& dir, const ModelOptions& options) const {
+  auto model = build_for_checkpoint(dir, options);
   load_state(*model, safetensors::CheckpointReader::open(dir));
   return model;
+}
+
+void ModelFamily::check_pretrained(const fs::path& dir, const ModelOptions& options) const {
+  // The weights are allocated but never written, so no page of them is touched.
+  check_state(*build_for_checkpoint(dir, options), safetensors::CheckpointReader::open(dir));
 }
 
 }  // namespace dschat

@@ -8,8 +8,12 @@
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 
+#include <nlohmann/json.hpp>
+
 #include "cli_helpers.h"
 #include "dschat/sdk/config.h"
+#include "dschat/sdk/model.h"
+#include "plugin_helpers.h"
 
 namespace fs = std::filesystem;
 using dschat::testing::run_dschat;
@@ -109,6 +113,48 @@ model = "actor"
   EXPECT_NE(result.output.find(file.string() + ":9:8: models.critic.path: weights:"), std::string::npos)
       << result.output;
   EXPECT_NE(result.output.find("; tokenizer: "), std::string::npos) << result.output;
+}
+
+// Weights that do not fit their config.json (here: written for a wider fc1 than config.json says) are found by
+// validate from the headers, naming the tensor and both shapes, instead of after the stages before it trained.
+TEST(ValidateAll, WeightsThatDoNotFitTheirConfigAreFoundFromTheHeader) {
+  const fs::path folder = kOut / "mismatched-critic";
+  fs::remove_all(folder);
+  auto config = nlohmann::json::parse(std::ifstream(kModel + "/config.json"));
+  auto family = dschat::testing::registry().create<dschat::ModelFamily>("opt", dschat::testing::table(""));
+  auto model = family->build(config, dschat::ModelOptions{});
+  family->export_hf(*model, folder);
+  fs::copy_file(kModel + "/tokenizer.json", folder / "tokenizer.json");
+  const int64_t ffn = config["ffn_dim"].get<int64_t>();
+  config["ffn_dim"] = ffn / 2;  // the weights keep the full width
+  std::ofstream(folder / "config.json") << config.dump(2);
+  auto file = write("mismatched.toml", fmt::format(R"([pipeline]
+name = "mismatched"
+
+[models.actor]
+path = "{0}"
+init = "random"
+
+[models.critic]
+path = "{2}"
+
+[data]
+datasets = ["{1}"]
+
+[[stage]]
+name = "sft"
+algorithm = "sft"
+model = "actor"
+)",
+                                                   kModel, kData, folder.string()));
+  auto result = run_dschat("validate " + file.string());
+  EXPECT_EQ(result.exit_code, 2) << result.output;
+  const std::string expected = fmt::format(
+      "{}:9:8: models.critic.path: weights: checkpoint {}: tensor 'model.decoder.layers.0.fc1.weight' has shape "
+      "[{}, {}] but config.json implies [{}, {}]",
+      file.string(), folder.string(), ffn, config["hidden_size"].get<int64_t>(), ffn / 2,
+      config["hidden_size"].get<int64_t>());
+  EXPECT_NE(result.output.find(expected), std::string::npos) << expected << "\n" << result.output;
 }
 
 TEST(ValidateAll, SizesTheMachineCannotHoldAreRefused) {

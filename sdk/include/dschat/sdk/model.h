@@ -154,11 +154,22 @@ class DSCHAT_SDK_API ModelFamily {
   // Copies every parameter from the checkpoint (converting to the model's dtype). A missing tensor, one whose
   // shape differs from what config.json implies, or an unexpected one is a CheckpointError naming it.
   void load_state(CausalLM& model, const safetensors::CheckpointReader& reader) const;
+  // What load_state checks, from the checkpoint's header alone (no tensor data read): every name, shape and a
+  // floating-point dtype. `dschat validate` runs it on a model built without initialising its weights.
+  void check_state(const CausalLM& model, const safetensors::CheckpointReader& reader) const;
+
   // Writes config.json, generation_config.json and safetensors (LoRA fused in, adapters not written) so that
   // transformers' from_pretrained loads the folder.
   void export_hf(CausalLM& model, const std::filesystem::path& dir, const ExportOptions& options = {}) const;
   // Reads dir/config.json, builds and loads.
   std::shared_ptr<CausalLM> from_pretrained(const std::filesystem::path& dir, const ModelOptions& options) const;
+  // What from_pretrained would find wrong with the folder's weights (check_state), from config.json and the
+  // checkpoint headers alone: no tensor data is read. CheckpointError naming the file and tensor.
+  void check_pretrained(const std::filesystem::path& dir, const ModelOptions& options) const;
+
+ private:
+  // dir/config.json built in options' dtype with weight initialisation skipped (their values are undefined).
+  std::shared_ptr<CausalLM> build_for_checkpoint(const std::filesystem::path& dir, const ModelOptions& options) const;
 };
 
 // A tensor-parallel spec from module names: linears named in `column_parallel` split by rows (weight and bias),
