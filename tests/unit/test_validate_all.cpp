@@ -80,17 +80,10 @@ model = "critic"
   EXPECT_NE(result.output.find("5 errors"), std::string::npos) << result.output;
 }
 
-// A critic folder with a truncated weights file and a malformed tokenizer: both found by validate, at the key
-// that names the folder, before the actor's SFT stage would have trained.
-TEST(ValidateAll, BrokenModelFolderIsFoundBeforeAnyStageRuns) {
-  const fs::path broken = kOut / "broken-critic";
-  fs::remove_all(broken);
-  fs::create_directories(broken);
-  fs::copy_file(kModel + "/config.json", broken / "config.json");
-  std::ofstream(broken / "model.safetensors") << "\x10\x00\x00\x00\x00\x00\x00\x00{\"a\":";
-  std::ofstream(broken / "tokenizer.json") << "{\"model\": ";
-  auto file = write("broken.toml", fmt::format(R"([pipeline]
-name = "broken"
+// An SFT pipeline that also names `critic` as a pretrained model: its folder is checked at line 9.
+fs::path sft_pipeline_with_critic(const std::string& name, const fs::path& critic) {
+  return write(name + ".toml", fmt::format(R"([pipeline]
+name = "{3}"
 
 [models.actor]
 path = "{0}"
@@ -107,7 +100,19 @@ name = "sft"
 algorithm = "sft"
 model = "actor"
 )",
-                                               kModel, kData, broken.string()));
+                                           kModel, kData, critic.string(), name));
+}
+
+// A critic folder with a truncated weights file and a malformed tokenizer: both found by validate, at the key
+// that names the folder, before the actor's SFT stage would have trained.
+TEST(ValidateAll, BrokenModelFolderIsFoundBeforeAnyStageRuns) {
+  const fs::path broken = kOut / "broken-critic";
+  fs::remove_all(broken);
+  fs::create_directories(broken);
+  fs::copy_file(kModel + "/config.json", broken / "config.json");
+  std::ofstream(broken / "model.safetensors") << "\x10\x00\x00\x00\x00\x00\x00\x00{\"a\":";
+  std::ofstream(broken / "tokenizer.json") << "{\"model\": ";
+  auto file = sft_pipeline_with_critic("broken", broken);
   auto result = run_dschat("validate " + file.string());
   EXPECT_EQ(result.exit_code, 2) << result.output;
   EXPECT_NE(result.output.find(file.string() + ":9:8: models.critic.path: weights:"), std::string::npos)
@@ -128,25 +133,7 @@ TEST(ValidateAll, WeightsThatDoNotFitTheirConfigAreFoundFromTheHeader) {
   const int64_t ffn = config["ffn_dim"].get<int64_t>();
   config["ffn_dim"] = ffn / 2;  // the weights keep the full width
   std::ofstream(folder / "config.json") << config.dump(2);
-  auto file = write("mismatched.toml", fmt::format(R"([pipeline]
-name = "mismatched"
-
-[models.actor]
-path = "{0}"
-init = "random"
-
-[models.critic]
-path = "{2}"
-
-[data]
-datasets = ["{1}"]
-
-[[stage]]
-name = "sft"
-algorithm = "sft"
-model = "actor"
-)",
-                                                   kModel, kData, folder.string()));
+  auto file = sft_pipeline_with_critic("mismatched", folder);
   auto result = run_dschat("validate " + file.string());
   EXPECT_EQ(result.exit_code, 2) << result.output;
   const std::string expected = fmt::format(
