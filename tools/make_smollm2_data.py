@@ -6,7 +6,8 @@ The preference is conciseness, a property a 135M chat model shows only some of t
   - chosen:   SmolLM2-135M-Instruct's own greedy answer when told "Answer in one short sentence.";
   - rejected: its greedy answer when told to answer at length, cut after its third sentence;
   - response: what SFT learns, the chosen answer for 60 % of the rows and the rejected one for the rest (seeded),
-              so the SFT model answers both ways and PPO has a preference to move it along.
+              so the SFT model answers both ways and PPO has a preference to move it along; a rejected answer
+              that loops (under half its words distinct, 19 of 451) stays a rejected answer but is never learned.
 Rows use the rm-static schema; prompts carry DeepSpeed-Chat's " Human: ... Assistant:" format, answers a leading
 space. Both answers come from the model itself, so they are fluent text in its own voice; only their length and
 focus differ. Deterministic: greedy decoding, fixed seed; rerun with tools/fetch_smollm2.sh's folder:
@@ -69,6 +70,11 @@ def prompts():
     return list(dict.fromkeys(out))
 
 
+def loops(text):
+    words = text.split()
+    return len(set(words)) < 0.5 * max(1, len(words))
+
+
 def first_sentences(text, n):
     parts = re.split(r"(?<=[.!?])\s+", text.strip())
     return " ".join(parts[:n]).strip()
@@ -112,7 +118,8 @@ def main():
         v = first_sentences(v, 3)
         if not c or not v or c == v:
             continue
-        rows.append({"prompt": f" Human: {q} Assistant:", "response": " " + (c if rng.random() < 0.6 else v),
+        learn_chosen = rng.random() < 0.6 or loops(v)
+        rows.append({"prompt": f" Human: {q} Assistant:", "response": " " + (c if learn_chosen else v),
                      "chosen": " " + c, "rejected": " " + v})
     tmp = args.out + ".tmp"
     with open(tmp, "w") as f:
