@@ -49,18 +49,18 @@ GenerationView::~GenerationView() {
   }
 }
 
-double logprob_consistency(CausalLM& model, const at::Tensor& sequences, const at::Tensor& attention_mask,
-                           int64_t answer_start, const at::Tensor& generation_logprobs, int64_t sample_rows) {
+LogprobAgreement logprob_agreement(CausalLM& model, const at::Tensor& sequences, const at::Tensor& attention_mask,
+                                   int64_t answer_start, const at::Tensor& generation_logprobs, int64_t sample_rows) {
   TORCH_CHECK(sequences.dim() == 2 && attention_mask.sizes() == sequences.sizes(),
-              "logprob_consistency: sequences and attention_mask must both be [B, P + T], got ", sequences.sizes(),
+              "logprob_agreement: sequences and attention_mask must both be [B, P + T], got ", sequences.sizes(),
               " and ", attention_mask.sizes());
   const int64_t batch = sequences.size(0), total = sequences.size(1);
-  TORCH_CHECK(answer_start >= 1 && answer_start < total, "logprob_consistency: answer_start ", answer_start,
+  TORCH_CHECK(answer_start >= 1 && answer_start < total, "logprob_agreement: answer_start ", answer_start,
               " must lie in [1, ", total, ")");
   const int64_t answer_len = total - answer_start;
   TORCH_CHECK(generation_logprobs.dim() == 2 && generation_logprobs.size(0) == batch &&
                   generation_logprobs.size(1) == answer_len,
-              "logprob_consistency: generation_logprobs must be [", batch, ", ", answer_len, "], got ",
+              "logprob_agreement: generation_logprobs must be [", batch, ", ", answer_len, "], got ",
               generation_logprobs.sizes());
   const auto device = model.device();
   auto rows = (sample_rows <= 0 || sample_rows >= batch)
@@ -87,8 +87,15 @@ double logprob_consistency(CausalLM& model, const at::Tensor& sequences, const a
   model.train(was_training);
   auto given = generation_logprobs.to(device, at::kFloat).index_select(0, rows);
   auto answer_mask = mask.narrow(1, answer_start, answer_len).ne(0);
-  if (!answer_mask.any().item<bool>()) return 0.0;
-  return (recomputed - given).abs().masked_select(answer_mask).max().item<double>();
+  if (!answer_mask.any().item<bool>()) return {};
+  auto diffs = (recomputed - given).abs().masked_select(answer_mask);
+  return {diffs.max().item<double>(), diffs.mean().item<double>()};
+}
+
+double logprob_consistency(CausalLM& model, const at::Tensor& sequences, const at::Tensor& attention_mask,
+                           int64_t answer_start, const at::Tensor& generation_logprobs, int64_t sample_rows) {
+  return logprob_agreement(model, sequences, attention_mask, answer_start, generation_logprobs, sample_rows)
+      .max_abs_diff;
 }
 
 double check_consistency(CausalLM& model, const at::Tensor& sequences, const at::Tensor& attention_mask,

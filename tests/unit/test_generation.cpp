@@ -346,4 +346,30 @@ TEST(HybridEngine, CorruptedGenerationPathTripsTheCheck) {
                ConsistencyError);
 }
 
+// The mean statistic low-precision actors are checked with: one token off by 1 (a rounding outlier) moves the
+// largest difference by 1 and the mean by 1 / tokens; every token off (a real mismatch) moves both.
+TEST(HybridEngine, AgreementReportsTheLargestAndTheMeanDifference) {
+  auto model = load("opt");
+  model->eval();
+  auto kv = generator("kv-cache");
+  auto [ids, mask] = prompts({6, 3, 5, 2}, model->dims().vocab_size);
+  auto out = kv->generate(*model, ids, mask, greedy(*kv, 8));
+  auto exact = logprob_agreement(*model, out.sequences, out.attention_mask, out.prompt_length, out.logprobs, 0);
+  EXPECT_LT(exact.max_abs_diff, 1e-4);
+  EXPECT_LE(exact.mean_abs_diff, exact.max_abs_diff);
+
+  const double tokens = out.answer_mask.sum().item<double>();
+  auto one_off = out.logprobs.clone();
+  one_off[0][0] += 1.0;
+  auto outlier = logprob_agreement(*model, out.sequences, out.attention_mask, out.prompt_length, one_off, 0);
+  EXPECT_NEAR(outlier.max_abs_diff, 1.0, 1e-3);
+  EXPECT_NEAR(outlier.mean_abs_diff, 1.0 / tokens, 1e-3);
+
+  auto all_off = out.logprobs + 0.5 * out.answer_mask.to(at::kFloat);
+  auto mismatch = logprob_agreement(*model, out.sequences, out.attention_mask, out.prompt_length, all_off, 0);
+  EXPECT_NEAR(mismatch.mean_abs_diff, 0.5, 1e-3);
+  EXPECT_DOUBLE_EQ(logprob_consistency(*model, out.sequences, out.attention_mask, out.prompt_length, all_off, 0),
+                   mismatch.max_abs_diff);
+}
+
 }  // namespace

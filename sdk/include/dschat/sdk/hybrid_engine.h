@@ -75,6 +75,18 @@ DSCHAT_SDK_API double logprob_consistency(CausalLM& model, const at::Tensor& seq
                                           const at::Tensor& attention_mask, int64_t answer_start,
                                           const at::Tensor& generation_logprobs, int64_t sample_rows);
 
+// The same comparison, as the largest and the mean |difference| over the compared answer tokens. In bf16/fp16
+// the largest is rounding-bound, not exactness-bound: both paths round every op's output, logits of size 16-32
+// are 0.125 apart, and deep models (30 layers, outlier activations) move single tokens by up to ~1 while the
+// mean stays small; a real mismatch (mask, positions, cache, stale weights) moves the mean.
+struct LogprobAgreement {
+  double max_abs_diff = 0.0;
+  double mean_abs_diff = 0.0;
+};
+DSCHAT_SDK_API LogprobAgreement logprob_agreement(CausalLM& model, const at::Tensor& sequences,
+                                                  const at::Tensor& attention_mask, int64_t answer_start,
+                                                  const at::Tensor& generation_logprobs, int64_t sample_rows);
+
 // logprob_consistency, throwing ConsistencyError past `threshold` (the message gives both numbers and the
 // likely causes). Returns the difference.
 DSCHAT_SDK_API double check_consistency(CausalLM& model, const at::Tensor& sequences,
