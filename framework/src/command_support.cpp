@@ -1,5 +1,7 @@
 #include "command_support.h"
 
+#include <algorithm>
+#include <fstream>
 #include <iostream>
 
 #include <ATen/ATen.h>
@@ -137,9 +139,22 @@ std::shared_ptr<Generator> make_generator(PluginRegistry& registry, const po::va
   return registry.create<Generator>(vm["generation"].as<std::string>(), options->root());
 }
 
-SamplingOptions sampling_for(const Generator& generator, const Tokenizer& tokenizer, const po::variables_map& vm) {
+SamplingOptions sampling_for(const Generator& generator, const Tokenizer& tokenizer, const po::variables_map& vm,
+                             const std::filesystem::path& model_dir) {
   SamplingOptions sampling = generator.defaults();
   if (auto eos = tokenizer.eos_id()) sampling.eos_token_ids = {*eos};
+  std::ifstream in(model_dir / "generation_config.json");
+  if (in) {
+    auto config = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
+    if (config.is_object() && config.contains("eos_token_id")) {
+      auto ids = config["eos_token_id"];
+      if (!ids.is_array()) ids = nlohmann::json::array({ids});
+      for (const auto& id : ids)
+        if (id.is_number_integer() && std::find(sampling.eos_token_ids.begin(), sampling.eos_token_ids.end(),
+                                                id.get<int64_t>()) == sampling.eos_token_ids.end())
+          sampling.eos_token_ids.push_back(id.get<int64_t>());
+    }
+  }
   sampling.pad_token_id = tokenizer.pad_id().value_or(sampling.eos_token_ids.empty() ? 0 : sampling.eos_token_ids[0]);
   sampling.seed = vm["seed"].as<uint64_t>();
   return sampling;

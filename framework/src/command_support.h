@@ -58,8 +58,9 @@ at::ScalarType dtype_flag(const boost::program_options::variables_map& vm);
 
 // The generation plugin the flags name, with their sampling options (its checks apply, as in a pipeline).
 std::shared_ptr<Generator> make_generator(PluginRegistry& registry, const boost::program_options::variables_map& vm);
-// The generator's defaults with the tokenizer's eos / pad and the --seed.
+// The generator's defaults with the --seed, the tokenizer's pad, and as end tokens the tokenizer's eos plus those
+// of model_dir/generation_config.json (chat models end a turn with their own token: Llama 3's <|eot_id|>).
 SamplingOptions sampling_for(const Generator& generator, const Tokenizer& tokenizer,
-                             const boost::program_options::variables_map& vm);
+                             const boost::program_options::variables_map& vm, const std::filesystem::path& model_dir);
 
 }  // namespace dschat

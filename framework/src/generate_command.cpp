@@ -40,7 +40,7 @@ int generate(const std::vector<std::string>& args) {
   if (ids.empty()) throw CommandError("the prompt encodes to no tokens");
   auto prompt = at::tensor(ids, at::kLong).unsqueeze(0);
   GenerationResult result = generator->generate(*model, prompt, at::ones_like(prompt),
-                                                sampling_for(*generator, *tokenizer, *vm));
+                                                sampling_for(*generator, *tokenizer, *vm, dir));
 
   auto answer = result.sequences[0].slice(0, result.prompt_length);
   auto answer_mask = result.answer_mask[0];

@@ -198,6 +198,9 @@ RunOutcome run_pipeline(const Pipeline& pipeline, const PluginRegistry& registry
     if (main_rank) remove_stale_temporaries(context.stage_dir());
     comm.barrier();  // no rank saves into the stage before the leftovers are gone
     auto start = std::chrono::steady_clock::now();
+    // Every stage starts from the pipeline's seed (DeepSpeed-Chat seeds each step's main.py), so what it draws
+    // (a new value head, dropout) does not depend on what earlier stages drew or whether they were reused.
+    at::manual_seed(static_cast<int64_t>(pipeline.seed));
     try {
       call_plugin(registry.find(Algorithm::kind, stage.algorithm_name), [&] { stage.algorithm->run(context); });
       context.record_data_counts();

@@ -161,7 +161,7 @@ int chat(const std::vector<std::string>& args) {
   registry.discover(PluginRegistry::search_paths({}));
   auto generator = make_generator(registry, *vm);
   auto model = load_causal_lm(registry, dir, dtype, "--model");
-  ChatSession session(model, tokenizer, chat_template, generator, sampling_for(*generator, *tokenizer, *vm),
+  ChatSession session(model, tokenizer, chat_template, generator, sampling_for(*generator, *tokenizer, *vm, dir),
                       (*vm)["system"].as<std::string>());
 
   const bool interactive = ::isatty(STDIN_FILENO) != 0;

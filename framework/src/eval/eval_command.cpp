@@ -139,7 +139,7 @@ Answered greedy_answers(PluginRegistry& registry, const fs::path& dir, const std
   auto tokenizer = load_tokenizer(dir, flag);
   auto generator = make_generator(registry, vm);
   auto model = load_causal_lm(registry, dir, dtype_flag(vm), flag);
-  SamplingOptions sampling = sampling_for(*generator, *tokenizer, vm);
+  SamplingOptions sampling = sampling_for(*generator, *tokenizer, vm, dir);
   Answered out;
   for (size_t i = 0; i < prompts.size(); ++i) {
     std::cerr << fmt::format("\r{}: prompt {}/{}", flag, i + 1, prompts.size()) << std::flush;
