@@ -118,8 +118,10 @@ const std::map<std::string, std::vector<double>>& reference_losses() {
 }
 
 // Losses of 2 ranks with per-device batch 4 against one process with batch 4 x accumulation 2. The gradients are
-// the same sums in another order, so the losses agree to float rounding growing over 20 AdamW steps.
-constexpr double kLossTolerance = 2e-4;
+// the same sums in another order, so the losses agree to float rounding growing over 20 AdamW steps: below 2e-4
+// on AMD Zen 3/4; on an Intel Xeon (AVX-512, AMX) 2.8e-5 for SFT and 3.6e-4 for the reward model, whose loss
+// near 0.4 Adam's normalised steps make more sensitive.
+constexpr double kLossTolerance = 1e-3;
 
 void expect_same_losses_as_single_process(const std::string& name, const std::string& strategy) {
   const auto& reference = reference_losses();

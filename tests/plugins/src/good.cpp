@@ -7,6 +7,10 @@
 #include "dschat/sdk/strategy.h"
 #include "dschat/sdk/plugin.h"
 
+#include <ATen/ATen.h>
+#include <nlohmann/json.hpp>
+#include <torch/nn/modules/embedding.h>
+
 namespace {
 
 class CountingHook : public dschat::Hook {
@@ -44,12 +48,34 @@ class NamedStrategy : public dschat::Strategy {
   std::string offload_;
 };
 
-// Accepts config.json files whose model_type is "test-lm"; building a network is not what these tests check.
+// The smallest network a "test-lm" config.json describes: a [vocab_size, 4] embedding tied to the output, no blocks
+// (what tests/data/models/test-lm/model.safetensors holds), so validate's weight check has something to check.
+class TestLM : public dschat::CausalLM {
+ public:
+  explicit TestLM(const nlohmann::json& config)
+      : CausalLM(dims_of(config), config),
+        embed_(register_module("embed", torch::nn::Embedding(dims_of(config).vocab_size, 4))) {}
+  at::Tensor embed(const at::Tensor& input_ids, const dschat::AttentionInputs&) override {
+    return embed_->forward(input_ids);
+  }
+  at::Tensor final_hidden(const at::Tensor& hidden) override { return hidden; }
+  at::Tensor lm_logits(const at::Tensor& hidden) override { return at::matmul(hidden, embed_->weight.t()); }
+
+ private:
+  static dschat::ModelDims dims_of(const nlohmann::json& config) {
+    dschat::ModelDims d;
+    d.vocab_size = config.at("vocab_size").get<int64_t>();
+    d.hidden_size = d.output_hidden_size = 4;
+    return d;
+  }
+  torch::nn::Embedding embed_;
+};
+
 class TestFamily : public dschat::ModelFamily {
  public:
   std::string model_type() const override { return "test-lm"; }
-  std::shared_ptr<dschat::CausalLM> build(const nlohmann::json&, const dschat::ModelOptions&) const override {
-    throw std::runtime_error("test-lm builds no network");
+  std::shared_ptr<dschat::CausalLM> build(const nlohmann::json& config, const dschat::ModelOptions&) const override {
+    return std::make_shared<TestLM>(config);
   }
   std::vector<std::string> lora_target_modules() const override { return {}; }
   std::vector<std::pair<std::string, dschat::TensorSplit>> tensor_parallel_spec(
