@@ -74,7 +74,8 @@ TEST_F(UserCommands, TrainWritesThePipelineAndItsRerunGivesTheSameMetrics) {
   ASSERT_EQ(train_.exit_code, 0) << train_.output;
   const fs::path file = run_dir() / "pipeline.toml";
   EXPECT_NE(train_.output.find("wrote " + file.string()), std::string::npos) << train_.output;
-  EXPECT_NE(train_.output.find("rerun it with: dschat run '" + file.string() + "' --set "), std::string::npos);
+  EXPECT_NE(train_.output.find(std::string("rerun it with: ") + DSCHAT_EXE + " run '" + file.string() + "' --set "),
+            std::string::npos) << train_.output;
   for (const char* stage : {"sft", "rm", "rlhf"}) EXPECT_TRUE(fs::exists(run_dir() / stage / "final" / "COMPLETE"));
 
   const fs::path again = run_dir().parent_path() / "rerun";
@@ -95,7 +96,8 @@ TEST_F(UserCommands, TrainPrintsTheTorchrunLineForSeveralProcesses) {
                            "/model --random-init --num-gpus 2 --actor-zero-stage 3 --data " + kQuickstart +
                            "/data/requests.jsonl --output-dir " + out.string());
   ASSERT_EQ(result.exit_code, 0) << result.output;
-  EXPECT_NE(result.output.find("torchrun --no-python --nproc-per-node 2 dschat run '" + (out / "pipeline.toml").string()),
+  EXPECT_NE(result.output.find(std::string("torchrun --no-python --nproc-per-node 2 ") + DSCHAT_EXE + " run '" +
+                               (out / "pipeline.toml").string()),
             std::string::npos) << result.output;
   std::ifstream in(out / "pipeline.toml");
   std::string toml((std::istreambuf_iterator<char>(in)), {});

@@ -175,6 +175,13 @@ std::string pipeline_toml(const TrainPlan& plan, const std::vector<std::string>&
 
 std::string quoted(const std::string& s) { return "'" + s + "'"; }
 
+// This executable as the printed commands should call it: its own path, so they work from a build folder too.
+std::string this_executable() {
+  std::error_code ec;
+  const auto self = fs::read_symlink("/proc/self/exe", ec);
+  return ec ? std::string("dschat") : self.string();
+}
+
 int train(const std::vector<std::string>& args) {
   po::options_description options("options");
   options.add_options()("actor-model", po::value<std::string>()->required(), "the actor's HF folder or Hub id")(
@@ -199,7 +206,7 @@ int train(const std::vector<std::string>& args) {
   fs::create_directories(plan.output_dir);
   const fs::path file = plan.output_dir / "pipeline.toml";
   write_file_atomic(file, pipeline_toml(plan, overrides));
-  std::string rerun = "dschat run " + quoted(file.string());
+  std::string rerun = this_executable() + " run " + quoted(file.string());
   for (const auto& o : overrides) rerun += " --set " + quoted(o);
   std::cout << "dschat train: wrote " << file.string() << "\n";
   if (plan.deployment != "single_gpu") {
