@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "dschat/framework/chat_template.h"
+#include "dschat/framework/cli.h"
 #include "dschat/framework/hub.h"
 #include "dschat/framework/registry.h"
 #include "dschat/sdk/config.h"
@@ -60,6 +61,13 @@ int run_guarded(const std::string& command, const std::function<int()>& body) {
   } catch (const TokenizerError& e) {
     return report(e);
   }
+}
+
+bool register_guarded_command(const std::string& command, int (*body)(const std::vector<std::string>& args)) {
+  extra_commands()[command] = [command, body](const std::vector<std::string>& args) {
+    return run_guarded(command, [&] { return body(args); });
+  };
+  return true;
 }
 
 std::filesystem::path resolve_model_flag(const std::string& value, const std::string& flag) {

@@ -38,6 +38,9 @@ std::optional<boost::program_options::variables_map> parse_flags(
 // "dschat COMMAND: ..." with exit code 2; anything else propagates (exit 1 from cli_main).
 int run_guarded(const std::string& command, const std::function<int()>& body);
 
+// Registers `command` as a `dschat` sub-command whose body runs under run_guarded; for `const bool registered =`.
+bool register_guarded_command(const std::string& command, int (*body)(const std::vector<std::string>& args));
+
 // A model folder (or Hub id, resolved into the cache); `flag` names the argument in errors ("--model").
 std::filesystem::path resolve_model_flag(const std::string& value, const std::string& flag);
 

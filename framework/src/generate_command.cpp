@@ -4,7 +4,6 @@
 #include <ATen/ATen.h>
 
 #include "command_support.h"
-#include "dschat/framework/cli.h"
 #include "dschat/framework/registry.h"
 #include "dschat/sdk/generation.h"
 #include "dschat/sdk/model.h"
@@ -51,12 +50,7 @@ int generate(const std::vector<std::string>& args) {
   return 0;
 }
 
-const bool registered = [] {
-  extra_commands()["generate"] = [](const std::vector<std::string>& args) {
-    return run_guarded("generate", [&] { return generate(args); });
-  };
-  return true;
-}();
+const bool registered = register_guarded_command("generate", generate);
 
 }  // namespace
 }  // namespace dschat

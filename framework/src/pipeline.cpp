@@ -14,6 +14,10 @@
 
 namespace dschat {
 
+at::ScalarType ModelSpec::scalar_type() const {
+  return dtype == "bf16" ? at::kBFloat16 : dtype == "fp16" ? at::kHalf : at::kFloat;
+}
+
 namespace {
 
 // The SDK's reader, with its error placed at the pipeline key that named the folder.
@@ -229,11 +233,8 @@ void check_model_fits(const ConfigTable& table, const ModelSpec& spec) {
 void check_model_files(const ConfigTable& table, const ModelSpec& spec) {
   std::vector<std::string> problems;
   if (spec.init == "pretrained") {
-    try {
-      if (safetensors::CheckpointReader::open(spec.path).names().empty())
-        problems.push_back(fmt::format("weights: {} hold no tensors", spec.path.string()));
-      else  // every tensor name, shape and dtype against the model config.json describes
-        spec.family->check_pretrained(spec.path, ModelOptions{spec.dtype == "fp32" ? at::kFloat : at::kBFloat16});
+    try {  // every tensor name, shape and dtype against the model config.json describes
+      spec.family->check_pretrained(spec.path, ModelOptions{spec.scalar_type()});
     } catch (const safetensors::SafetensorsError& e) {
       problems.push_back(fmt::format("weights: {}", e.what()));
     } catch (const CheckpointError& e) {

@@ -60,7 +60,7 @@ class HostStageContext : public StageContext {
     const ModelSpec* spec = root_model(reference);
     handle.family = spec->family;
     handle.hf_config = read_hf_config(handle.dir);
-    handle.options.dtype = spec->dtype == "bf16" ? at::kBFloat16 : spec->dtype == "fp16" ? at::kHalf : at::kFloat;
+    handle.options.dtype = spec->scalar_type();
     handle.random_init = pipeline_.models.count(reference) && spec->init == "random";
     return handle;
   }

@@ -286,6 +286,7 @@ std::vector<std::pair<std::string, at::Tensor>> checkpoint_names(const ModelFami
 
 void ModelFamily::check_state(const CausalLM& model, const safetensors::CheckpointReader& reader) const {
   const std::string where = "checkpoint " + reader.path().string();
+  if (reader.names().empty()) throw CheckpointError(where + ": the weights hold no tensors");
   std::set<std::string> used;
   std::vector<std::string> missing;
   for (const auto& [name, param] : checkpoint_names(*this, model, reader)) {

@@ -11,7 +11,6 @@
 
 #include "../command_support.h"
 #include "dschat/framework/chat_template.h"
-#include "dschat/framework/cli.h"
 #include "dschat/framework/registry.h"
 #include "dschat/sdk/generation.h"
 #include "dschat/sdk/model.h"
@@ -111,10 +110,8 @@ class ChatSession {
     std::vector<int64_t> answer_ids;
     SamplingOptions options = sampling_;
     options.on_step = [&](int64_t, const at::Tensor& tokens, const at::Tensor&) {
-      const int64_t token = tokens[0].item<int64_t>();
-      if (std::find(options.eos_token_ids.begin(), options.eos_token_ids.end(), token) != options.eos_token_ids.end())
-        return true;  // the generator ends the row itself
-      answer_ids.push_back(token);
+      if (generation::is_eos(tokens, options)[0].item<bool>()) return true;  // the generator ends the row itself
+      answer_ids.push_back(tokens[0].item<int64_t>());
       return stream.update(tokenizer_->decode(answer_ids, /*skip_special_tokens=*/true));
     };
     auto prompt = at::tensor(ids, at::kLong).unsqueeze(0);
@@ -191,12 +188,7 @@ int chat(const std::vector<std::string>& args) {
   return 0;
 }
 
-const bool registered = [] {
-  extra_commands()["chat"] = [](const std::vector<std::string>& args) {
-    return run_guarded("chat", [&] { return chat(args); });
-  };
-  return true;
-}();
+const bool registered = register_guarded_command("chat", chat);
 
 }  // namespace
 }  // namespace dschat

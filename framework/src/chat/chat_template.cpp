@@ -47,10 +47,10 @@ std::optional<std::string> template_of(const nlohmann::json& value, const std::f
                                       file.string()));
 }
 
-jinja::program parse(const std::string& source, const std::string& origin) {
+std::shared_ptr<const jinja::program> parse(const std::string& source, const std::string& origin) {
   try {
     jinja::lexer lexer;
-    return jinja::parse_from_tokens(lexer.tokenize(source));
+    return std::make_shared<const jinja::program>(jinja::parse_from_tokens(lexer.tokenize(source)));
   } catch (const std::exception& e) {
     throw ChatTemplateError(fmt::format("{}: the chat template does not parse: {}", origin, e.what()));
   }
@@ -79,12 +79,10 @@ std::optional<ChatTemplate> ChatTemplate::from_dir(const std::filesystem::path& 
 
 ChatTemplate::ChatTemplate(std::string source, std::string origin, std::string bos_token, std::string eos_token)
     : source_(std::move(source)), origin_(std::move(origin)), bos_token_(std::move(bos_token)),
-      eos_token_(std::move(eos_token)) {
-  parse(source_, origin_);  // a broken template is reported now, not at the first turn
-}
+      eos_token_(std::move(eos_token)),
+      program_(parse(source_, origin_)) {}  // a broken template is reported now, not at the first turn
 
 std::string ChatTemplate::render(const std::vector<ChatMessage>& messages, bool add_generation_prompt) const {
-  auto program = parse(source_, origin_);
   common_json turns = common_json::array();
   for (const auto& message : messages) {
     common_json turn = common_json::object();
@@ -101,7 +99,7 @@ std::string ChatTemplate::render(const std::vector<ChatMessage>& messages, bool 
     jinja::context context(source_);
     jinja::global_from_json(context, inputs, /*mark_input=*/false);
     jinja::runtime runtime(context);
-    return jinja::runtime::gather_string_parts(runtime.execute(program))->as_string().str();
+    return jinja::runtime::gather_string_parts(runtime.execute(*program_))->as_string().str();
   } catch (const std::exception& e) {
     throw ChatTemplateError(fmt::format("{}: rendering the chat template failed: {}", origin_, e.what()));
   }

@@ -134,22 +134,21 @@ struct Answered {
   std::vector<std::vector<int64_t>> ids;  // prompt + answer tokens, for scoring
 };
 
-Answered greedy_answers(PluginRegistry& registry, const fs::path& dir, const std::vector<std::string>& prompts,
-                        const po::variables_map& vm, const std::string& flag) {
-  auto tokenizer = load_tokenizer(dir, flag);
+Answered greedy_answers(PluginRegistry& registry, const fs::path& dir, const Tokenizer& tokenizer,
+                        const std::vector<std::string>& prompts, const po::variables_map& vm, const std::string& flag) {
   auto generator = make_generator(registry, vm);
   auto model = load_causal_lm(registry, dir, dtype_flag(vm), flag);
-  SamplingOptions sampling = sampling_for(*generator, *tokenizer, vm, dir);
+  SamplingOptions sampling = sampling_for(*generator, tokenizer, vm, dir);
   Answered out;
   for (size_t i = 0; i < prompts.size(); ++i) {
     std::cerr << fmt::format("\r{}: prompt {}/{}", flag, i + 1, prompts.size()) << std::flush;
-    auto ids = tokenizer->encode(prompts[i]);
+    auto ids = tokenizer.encode(prompts[i]);
     auto prompt = at::tensor(ids, at::kLong).unsqueeze(0);
     auto result = generator->generate(*model, prompt, at::ones_like(prompt), sampling);
     std::vector<int64_t> answer;
     for (int64_t t = 0; t < result.answer_mask.size(1); ++t)
       if (result.answer_mask[0][t].item<int64_t>()) answer.push_back(result.sequences[0][ids.size() + t].item<int64_t>());
-    out.answers.push_back(tokenizer->decode(answer, /*skip_special_tokens=*/true));
+    out.answers.push_back(tokenizer.decode(answer, /*skip_special_tokens=*/true));
     ids.insert(ids.end(), answer.begin(), answer.end());
     out.ids.push_back(std::move(ids));
   }
@@ -183,8 +182,8 @@ int eval_prompts(const std::vector<std::string>& args) {
   // Every folder and file is checked before the first model loads.
   const auto baseline = resolve_model_flag((*vm)["baseline"].as<std::string>(), "--baseline");
   const auto finetuned = resolve_model_flag((*vm)["model"].as<std::string>(), "--model");
-  load_tokenizer(baseline, "--baseline");
-  load_tokenizer(finetuned, "--model");
+  const auto baseline_tokenizer = load_tokenizer(baseline, "--baseline");
+  const auto finetuned_tokenizer = load_tokenizer(finetuned, "--model");
   std::optional<fs::path> rm_dir;
   if (vm->count("reward-model")) {
     rm_dir = resolve_model_flag((*vm)["reward-model"].as<std::string>(), "--reward-model");
@@ -196,8 +195,8 @@ int eval_prompts(const std::vector<std::string>& args) {
 
   PluginRegistry registry;
   registry.discover(PluginRegistry::search_paths({}));
-  auto before = greedy_answers(registry, baseline, prompts, *vm, "--baseline");
-  auto after = greedy_answers(registry, finetuned, prompts, *vm, "--model");
+  auto before = greedy_answers(registry, baseline, *baseline_tokenizer, prompts, *vm, "--baseline");
+  auto after = greedy_answers(registry, finetuned, *finetuned_tokenizer, prompts, *vm, "--model");
   std::vector<double> before_scores, after_scores;
   if (rm_dir) {
     auto reward_model = load_reward_model(registry, *rm_dir, at::kFloat, "--reward-model");

@@ -225,12 +225,7 @@ int train(const std::vector<std::string>& args) {
   return cli_main(static_cast<int>(argv.size()), argv.data());
 }
 
-const bool registered = [] {
-  extra_commands()["train"] = [](const std::vector<std::string>& args) {
-    return run_guarded("train", [&] { return train(args); });
-  };
-  return true;
-}();
+const bool registered = register_guarded_command("train", train);
 
 }  // namespace
 }  // namespace dschat

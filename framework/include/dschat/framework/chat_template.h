@@ -3,10 +3,15 @@
 // Jinja engine) or, for a model without one, DeepSpeed-Chat's " Human: ... Assistant:" format, which is also
 // what dschat's pipelines train on.
 #include <filesystem>
+#include <memory>
 #include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
+
+namespace jinja {
+struct program;
+}
 
 namespace dschat {
 
@@ -38,6 +43,7 @@ class ChatTemplate {
 
  private:
   std::string source_, origin_, bos_token_, eos_token_;
+  std::shared_ptr<const jinja::program> program_;  // parsed once; rendering only reads it
 };
 
 // DeepSpeed-Chat's format: " Human: {user} Assistant: {assistant}" per turn, ending in " Assistant:" for the

@@ -26,6 +26,8 @@ struct ModelSpec {
   std::string init;                // pretrained | random (weights drawn from the config, for the quickstart)
   nlohmann::json hf_config;
   std::shared_ptr<ModelFamily> family;  // the model plugin for hf_config["model_type"]
+
+  at::ScalarType scalar_type() const;  // of dtype
 };
 
 struct StrategySpec {
