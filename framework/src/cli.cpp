@@ -100,14 +100,18 @@ int command_validate(const std::vector<std::string>& args, bool run, bool dry_ru
   }
   // Every rank a launcher started joins the world before the first stage (one process: a no-op).
   LaunchEnvironment env;
+  c10::Device device = c10::kCPU;
   try {
     env = detect_launch_environment();
+    // Each rank's own GPU (its LOCAL_RANK's) is known only now; validate checked the rest.
+    device = resolve_device(pipeline.device, env.local_rank, env.local_world_size);
   } catch (const std::invalid_argument& e) {
     std::cerr << "error: " << e.what() << "\n";
     return kExitUsage;
   }
+  use_device(device);
   try {
-    init_world(env, {pipeline.distributed.backend, at::hasCUDA(), pipeline.distributed.timeout_s});
+    init_world(env, {pipeline.distributed.backend, device.is_cuda(), pipeline.distributed.timeout_s});
   } catch (const std::exception& e) {
     std::cerr << "error: " << e.what() << "\n";
     std::cerr.flush();

@@ -1,5 +1,7 @@
 #include "dschat/framework/pipeline.h"
 
+#include "dschat/sdk/device.h"
+
 #include <unistd.h>
 
 #include <optional>
@@ -271,6 +273,12 @@ Pipeline load_pipeline(const std::filesystem::path& file, const std::vector<std:
       p.name = pipeline->get_string("name");
       p.output_dir = pipeline->get_path("output_dir", false, "runs/" + p.name);
       p.seed = static_cast<uint64_t>(pipeline->get_int("seed", 1234, 0));
+      p.device = pipeline->get_string("device", "auto");
+      try {  // here, so that a CUDA device on a CPU build or machine is refused before any work
+        resolve_device(p.device);
+      } catch (const std::invalid_argument& e) {
+        pipeline->fail("device", e.what());
+      }
     });
 
   std::optional<ConfigTable> models;
@@ -375,7 +383,7 @@ Pipeline load_pipeline(const std::filesystem::path& file, const std::vector<std:
 }
 
 std::string Pipeline::describe() const {
-  std::string out = fmt::format("pipeline {}: output {}, seed {}\n", name, output_dir.string(), seed);
+  std::string out = fmt::format("pipeline {}: output {}, seed {}, device {}\n", name, output_dir.string(), seed, device);
   for (const auto& [key, m] : models)
     out += fmt::format("  model {:<8} {} ({}, {}, {} init)\n", key, m.path.string(),
                        m.hf_config.value("model_type", "?"), m.dtype, m.init);

@@ -5,6 +5,10 @@ namespace dschat {
 
 bool built_with_cuda() { return false; }
 
+namespace detail {
+void set_current_cuda_device(int) {}  // resolve_device never yields a CUDA device here
+}  // namespace detail
+
 std::vector<AcceleratorInfo> list_accelerators(std::string* problem) {
   if (problem) *problem = "built without CUDA (configure with -DDSCHAT_CUDA=ON)";
   return {};

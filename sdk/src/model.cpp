@@ -50,7 +50,15 @@ AttentionInputs CausalLM::prepare(const at::Tensor& attention_mask, int64_t past
   AttentionInputs inputs;
   inputs.attention_mask = attention_mask;
   inputs.past_length = past_length;
-  inputs.position_ids = positions_from_mask(attention_mask, new_tokens);
+  if (static_write_position_.defined()) {
+    // One token written at a column that need not be the last: its position is the cumsum there.
+    auto mask = attention_mask.to(at::kLong);
+    inputs.position_ids = (mask.cumsum(1) - 1).index_select(1, static_write_position_);
+    inputs.write_position = static_write_position_;
+  } else {
+    inputs.position_ids = positions_from_mask(attention_mask, new_tokens);
+  }
+  // A static step's query sits at the last column, so causality admits every key and the mask does the rest.
   inputs.bias = causal_padding_bias(attention_mask, past_length, new_tokens, dtype);
   return inputs;
 }
@@ -59,7 +67,9 @@ CausalLMOutput CausalLM::forward(const at::Tensor& input_ids, const at::Tensor& 
                                  bool return_hidden, bool return_logits) {
   TORCH_CHECK(input_ids.dim() == 2, "input_ids must be [batch, tokens], got ", input_ids.sizes());
   const int64_t batch = input_ids.size(0), tokens = input_ids.size(1);
-  const int64_t past = cache != nullptr ? cache->length : 0;
+  const bool static_step = cache != nullptr && cache->write_position.defined();
+  TORCH_CHECK(!static_step || tokens == 1, "a static KV cache takes one token per step, got ", tokens);
+  const int64_t past = static_step ? cache->capacity() - 1 : cache != nullptr ? cache->length : 0;
   at::Tensor mask = attention_mask.defined()
                         ? attention_mask.to(input_ids.device())
                         : at::ones({batch, past + tokens}, input_ids.options().dtype(at::kLong));
@@ -71,12 +81,17 @@ CausalLMOutput CausalLM::forward(const at::Tensor& input_ids, const at::Tensor& 
     TORCH_CHECK(cache->batch_size() == batch, "KV cache holds ", cache->batch_size(), " rows, the batch has ",
                 batch);
   }
+  struct StaticScope {  // cleared on every exit, exceptions included
+    at::Tensor& slot;
+    ~StaticScope() { slot = at::Tensor(); }
+  } scope{static_write_position_};
+  if (static_step) static_write_position_ = cache->write_position;
   auto inputs = prepare(mask, past, tokens, dtype());
   auto hidden = embed(input_ids, inputs);
   for (size_t i = 0; i < blocks_.size(); ++i) {
     hidden = blocks_[i]->forward(hidden, inputs, cache != nullptr ? &cache->layers[i] : nullptr);
   }
-  if (cache != nullptr) cache->length += tokens;
+  if (cache != nullptr && !static_step) cache->length += tokens;
   CausalLMOutput out;
   hidden = final_hidden(hidden);
   if (return_hidden) out.hidden = hidden;

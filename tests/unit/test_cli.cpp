@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include "cli_helpers.h"
+#include "dschat/sdk/device.h"
 #include "dschat/sdk/hook.h"
 
 using dschat::testing::pipeline_file;
@@ -187,4 +188,20 @@ TEST(CliPlugins, TableShowsEveryLibraryWithItsStatus) {
   EXPECT_EQ(json.exit_code, 0);
   expect_contains(json.output, "\"found_via\": \"DSCHAT_PLUGIN_PATH\"");
   expect_contains(json.output, "\"status\": \"ok\"");
+}
+
+// A GPU asked for where there is none is refused before any work, at the key that asked for it.
+TEST(CliValidate, CudaDeviceWithoutAGpuIsRefused) {
+  std::string problem;
+  if (dschat::built_with_cuda() && !dschat::list_accelerators(&problem).empty())
+    GTEST_SKIP() << "a GPU is visible here";
+  const std::string why = dschat::built_with_cuda() ? "no CUDA device is visible" : "built for the CPU only";
+  for (const std::string device : {"cuda", "cuda:1"})
+    expect_config_error("good.toml", {"pipeline.device", why, "device = \"cpu\""},
+                        "--set pipeline.device=" + device);
+  expect_config_error("good.toml", {"pipeline.device", "expected \"auto\", \"cpu\", \"cuda\" or \"cuda:N\""},
+                      "--set pipeline.device=gpu");
+  auto ok = run_dschat("validate " + pipeline_file("good.toml") + " --set pipeline.device=cpu", kGoodPlugins);
+  EXPECT_EQ(ok.exit_code, 0) << ok.output;
+  expect_contains(ok.output, "device cpu");
 }

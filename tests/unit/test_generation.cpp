@@ -1,7 +1,8 @@
-// Generation plugins (`eager`, `kv-cache`) and the hybrid engine's generation view, on the tiny random OPT and
-// LLaMA checkpoints of tools/make_model_fixtures.py, loaded through the host registry like a pipeline would.
+// Generation plugins (`eager`, `kv-cache`, `cuda` on the CPU) and the hybrid engine's generation view, on the tiny
+// random OPT, LLaMA and BLOOM checkpoints of tools/make_model_fixtures.py, loaded through the host registry like a pipeline would.
 #include <cstdlib>
 #include <mutex>
+#include <sstream>
 
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
@@ -22,7 +23,7 @@ namespace {
 
 const fs::path kFixtures = fs::path(DSCHAT_BINARY_DIR) / "test-data" / "generation-models";
 
-// Our own copy of two variants (a few seconds), so this test never races test_models over its fixture folder.
+// Our own copy of three variants (a few seconds), so this test never races test_models over its fixture folder.
 void ensure_fixtures() {
   static std::once_flag once;
   std::call_once(once, [] {
@@ -31,7 +32,7 @@ void ensure_fixtures() {
     if (fs::exists(stamp) && fs::last_write_time(stamp) >= fs::last_write_time(script)) return;
     fs::create_directories(kFixtures);
     const std::string command = std::string(DSCHAT_TEST_PYTHON) + " " + script.string() + " " +
-                                kFixtures.string() + " --variants opt,llama > " + (kFixtures / "make.log").string() +
+                                kFixtures.string() + " --variants opt,llama,bloom > " + (kFixtures / "make.log").string() +
                                 " 2>&1";
     ASSERT_EQ(std::system(command.c_str()), 0) << "fixture generation failed; see " << (kFixtures / "make.log");
   });
@@ -371,5 +372,98 @@ TEST(HybridEngine, AgreementReportsTheLargestAndTheMeanDifference) {
   EXPECT_DOUBLE_EQ(logprob_consistency(*model, out.sequences, out.attention_mask, out.prompt_length, all_off, 0),
                    mismatch.max_abs_diff);
 }
+
+// ------------------------------------------------------------------------------------ cuda (its CPU twin)
+// The `cuda` plugin keeps every row in a static batch, writes a static KV cache at a device-held column, draws
+// every step's uniforms up front and picks on the device. Run on the CPU it takes the same steps without the CUDA
+// graph, so its tokens must be kv-cache's: greedy and sampled, with eos midway, min_new_tokens and the stream.
+
+class CudaTwin : public ::testing::TestWithParam<std::string> {};
+
+void expect_same(const GenerationResult& a, const GenerationResult& b, const std::string& what) {
+  EXPECT_TRUE(at::equal(a.sequences, b.sequences)) << what << "\n" << a.sequences << "\n" << b.sequences;
+  EXPECT_TRUE(at::equal(a.answer_mask, b.answer_mask)) << what;
+  EXPECT_TRUE(at::equal(a.attention_mask, b.attention_mask)) << what;
+  ASSERT_EQ(a.logprobs.sizes(), b.logprobs.sizes()) << what;
+  EXPECT_LT((a.logprobs - b.logprobs).abs().max().item<double>(), 1e-4) << what;
+}
+
+TEST_P(CudaTwin, TokensEqualKvCacheGreedyAndSampled) {
+  auto model = load(GetParam());
+  model->eval();
+  const std::string sampling = "temperature = 1.3\ntop_k = 40\ntop_p = 0.9";
+  auto kv = generator("kv-cache", sampling), twin = generator("cuda", sampling + "\nsync_every = 3");
+  auto [ids, mask] = prompts({7, 3, 5, 1}, model->dims().vocab_size);
+  constexpr int64_t kNew = 12;
+
+  auto free_run = kv->generate(*model, ids, mask, greedy(*kv, kNew));
+  expect_same(twin->generate(*model, ids, mask, greedy(*twin, kNew)), free_run, "greedy");
+
+  // eos := row 0's fourth token, so that row ends midway while others may run on.
+  auto o = greedy(*kv, kNew);
+  o.eos_token_ids = {free_run.sequences[0][ids.size(1) + 3].item<int64_t>(), 2};
+  auto ended = kv->generate(*model, ids, mask, o);
+  ASSERT_LT(ended.answer_mask[0].sum().item<int64_t>(), kNew);
+  expect_same(twin->generate(*model, ids, mask, o), ended, "greedy with eos");
+
+  o.do_sample = true;
+  o.seed = 21;
+  expect_same(twin->generate(*model, ids, mask, o), kv->generate(*model, ids, mask, o), "sampled");
+  o.min_new_tokens = 6;
+  expect_same(twin->generate(*model, ids, mask, o), kv->generate(*model, ids, mask, o), "sampled, min_new_tokens");
+
+  // Without a per-call seed both advance their own stream by the steps they ran, call after call.
+  o.seed.reset();
+  o.min_new_tokens = 0;
+  auto kv_stream = generator("kv-cache", sampling + "\nseed = 5"), twin_stream = generator("cuda", sampling + "\nseed = 5");
+  for (int call = 0; call < 3; ++call)
+    expect_same(twin_stream->generate(*model, ids, mask, o), kv_stream->generate(*model, ids, mask, o),
+                "stream call " + std::to_string(call));
+}
+
+TEST_P(CudaTwin, OnStepSeesTheRunningRowsAndCanStop) {
+  auto model = load(GetParam());
+  model->eval();
+  auto kv = generator("kv-cache"), twin = generator("cuda");
+  auto [ids, mask] = prompts({4, 6, 2}, model->dims().vocab_size);
+  auto free_run = kv->generate(*model, ids, mask, greedy(*kv, 10));
+  auto o = greedy(*kv, 10);
+  o.eos_token_ids = {free_run.sequences[1][ids.size(1) + 2].item<int64_t>()};
+  auto trace = [&](Generator& g) {
+    std::vector<std::string> calls;
+    auto options = o;
+    options.on_step = [&](int64_t step, const at::Tensor& tokens, const at::Tensor& rows) {
+      std::ostringstream line;
+      line << step << ":";
+      for (int64_t i = 0; i < rows.numel(); ++i) line << " " << rows[i].item<int64_t>() << "=" << tokens[i].item<int64_t>();
+      calls.push_back(line.str());
+      return step < 6;  // stop after step 6
+    };
+    auto out = g.generate(*model, ids, mask, options);
+    return std::make_pair(calls, out);
+  };
+  auto [kv_calls, kv_out] = trace(*kv);
+  auto [twin_calls, twin_out] = trace(*twin);
+  EXPECT_EQ(twin_calls, kv_calls);
+  EXPECT_GE(kv_calls.size(), 3u);
+  EXPECT_LE(kv_calls.size(), 7u);
+  expect_same(twin_out, kv_out, "on_step stop");
+}
+
+TEST_P(CudaTwin, HybridEngineCheckHolds) {
+  auto model = load(GetParam());
+  model->eval();
+  auto twin = generator("cuda");
+  auto [ids, mask] = prompts({6, 3, 5, 2}, model->dims().vocab_size);
+  auto o = twin->defaults();
+  o.max_new_tokens = 10;
+  o.pad_token_id = 1;
+  o.eos_token_ids = {2, 5};
+  o.seed = 1;
+  auto out = twin->generate(*model, ids, mask, o);
+  EXPECT_LT(logprob_consistency(*model, out.sequences, out.attention_mask, out.prompt_length, out.logprobs, 0), 1e-4);
+}
+
+INSTANTIATE_TEST_SUITE_P(Models, CudaTwin, ::testing::Values("opt", "llama", "bloom"));
 
 }  // namespace

@@ -1,8 +1,6 @@
 // Strategy "ddp": data parallel over every rank the launcher started. Each rank keeps the whole model and
 // optimizer; gradients are all-reduced per block (one bucket each) while backward still runs on the blocks
 // below. The engine is the SDK's partitioned engine at stage 0 (dschat/sdk/partitioned_engine.h).
-#include <ATen/Context.h>
-
 #include <fmt/format.h>
 
 #include "dschat/sdk/distributed.h"
@@ -15,24 +13,21 @@ namespace {
 class DdpStrategy : public dschat::Strategy {
  public:
   explicit DdpStrategy(const dschat::ConfigTable& options) {
-    auto device = options.get_choice("device", {"auto", "cpu", "cuda"}, "auto");
-    if (device == "cuda" && !at::hasCUDA()) options.fail("device", "\"cuda\" asked for, but no CUDA device is visible");
-    cuda_ = device == "cuda" || (device == "auto" && at::hasCUDA());
+    device_ = dschat::read_device_option(options);
   }
 
-  std::string describe() const override { return fmt::format("ddp, {}", cuda_ ? "cuda" : "cpu"); }
+  std::string describe() const override { return "ddp, device " + device_; }
 
   std::unique_ptr<dschat::Engine> make_engine(std::shared_ptr<torch::nn::Module> module,
                                               std::shared_ptr<dschat::CausalLM> lm,
                                               const dschat::OptimizerOptions& options) override {
-    const int local_rank = dschat::launch_environment().local_rank;
-    at::Device device = cuda_ ? at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(local_rank)) : at::Device(at::kCPU);
+    const at::Device device = dschat::place_on(device_);
     return dschat::make_partitioned_engine(std::move(module), std::move(lm), options, device, {/*zero_stage=*/0},
                                            device.str());
   }
 
  private:
-  bool cuda_ = false;
+  std::string device_;  // resolved for this rank in make_engine
 };
 
 }  // namespace

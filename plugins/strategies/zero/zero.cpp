@@ -8,8 +8,6 @@
 //   prefetch = true            # stage 3: gather block i+1 while block i runs
 //
 // The engine is the SDK's partitioned engine (dschat/sdk/partitioned_engine.h), shared with `ddp`.
-#include <ATen/Context.h>
-
 #include <fmt/format.h>
 
 #include "dschat/sdk/distributed.h"
@@ -28,29 +26,26 @@ class ZeroStrategy : public dschat::Strategy {
     if (partitioning_.offload_parameters && partitioning_.zero_stage != 3)
       options.fail("offload_parameters", "needs stage = 3 (only then are the weights partitioned)");
     partitioning_.prefetch = options.get_bool("prefetch", true);
-    auto device = options.get_choice("device", {"auto", "cpu", "cuda"}, "auto");
-    if (device == "cuda" && !at::hasCUDA()) options.fail("device", "\"cuda\" asked for, but no CUDA device is visible");
-    cuda_ = device == "cuda" || (device == "auto" && at::hasCUDA());
+    device_ = dschat::read_device_option(options);
   }
 
   std::string describe() const override {
-    return fmt::format("zero stage {}{}{}, {}", partitioning_.zero_stage,
+    return fmt::format("zero stage {}{}{}, device {}", partitioning_.zero_stage,
                        partitioning_.offload_optimizer ? " + offload" : "",
-                       partitioning_.offload_parameters ? " + parameter offload" : "", cuda_ ? "cuda" : "cpu");
+                       partitioning_.offload_parameters ? " + parameter offload" : "", device_);
   }
 
   std::unique_ptr<dschat::Engine> make_engine(std::shared_ptr<torch::nn::Module> module,
                                               std::shared_ptr<dschat::CausalLM> lm,
                                               const dschat::OptimizerOptions& options) override {
-    const int local_rank = dschat::launch_environment().local_rank;
-    at::Device device = cuda_ ? at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(local_rank)) : at::Device(at::kCPU);
+    const at::Device device = dschat::place_on(device_);
     return dschat::make_partitioned_engine(std::move(module), std::move(lm), options, device, partitioning_,
                                            device.str());
   }
 
  private:
   dschat::PartitionedEngineOptions partitioning_;
-  bool cuda_ = false;
+  std::string device_;  // resolved for this rank in make_engine
 };
 
 }  // namespace

@@ -72,7 +72,13 @@ at::Tensor attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                   LayerKv* kv, double scale, double dropout, bool training) {
   const int64_t batch = q.size(0), heads = q.size(1), tokens = q.size(2), head_dim = q.size(3);
   at::Tensor keys = k, values = v;
-  if (kv != nullptr) {
+  if (kv != nullptr && inputs.write_position.defined()) {
+    TORCH_CHECK(tokens == 1, "a static KV cache takes one token per step, got ", tokens);
+    kv->key.index_copy_(2, inputs.write_position, k);
+    kv->value.index_copy_(2, inputs.write_position, v);
+    keys = kv->key;
+    values = kv->value;
+  } else if (kv != nullptr) {
     const int64_t end = inputs.past_length + tokens;
     TORCH_CHECK(kv->key.defined() && kv->key.size(0) == batch && kv->key.size(1) == k.size(1) &&
                     kv->key.size(3) == head_dim,

@@ -56,6 +56,7 @@ struct Pipeline {
   std::string name;
   std::filesystem::path output_dir;
   uint64_t seed = 1234;
+  std::string device = "auto";  // [pipeline].device: auto | cpu | cuda | cuda:N (dschat/sdk/device.h)
   std::vector<std::filesystem::path> plugin_paths;
   std::map<std::string, ModelSpec> models;
   StrategySpec strategy;

@@ -1,7 +1,15 @@
 #pragma once
-// What accelerators this build can use. The CUDA build answers from the CUDA runtime; the CPU build says so.
+// What accelerators this build can use, and the device this process runs on.
+//
+// The pipeline's top-level `device` ("auto" | "cpu" | "cuda" | "cuda:N") is resolved once per process, before the
+// first stage, and strategies place their models there unless their own `device` option says otherwise:
+//   "auto"   - CUDA when this is a CUDA build and every local rank has a GPU of its own, else the CPU;
+//   "cuda"   - the GPU of this rank's LOCAL_RANK (one process: cuda:0);
+//   "cuda:N" - that GPU.
 #include <string>
 #include <vector>
+
+#include <c10/core/Device.h>
 
 #include "dschat/sdk/export.h"
 
@@ -18,5 +26,14 @@ struct AcceleratorInfo {
 // Empty in a CPU build or when no GPU is visible; `problem` says why when the runtime reported an error.
 DSCHAT_SDK_API std::vector<AcceleratorInfo> list_accelerators(std::string* problem = nullptr);
 DSCHAT_SDK_API bool built_with_cuda();
+
+// The device `spec` names for a rank with this local rank among local_world_size processes on its machine.
+// std::invalid_argument saying what is missing (a CPU build, no visible GPU, too few GPUs) and what to set instead.
+DSCHAT_SDK_API c10::Device resolve_device(const std::string& spec, int local_rank = 0, int local_world_size = 1);
+
+// The process's device: set once by the host (use_device also makes it CUDA's current device), read by strategies
+// for their "auto". The CPU until set.
+DSCHAT_SDK_API void use_device(c10::Device device);
+DSCHAT_SDK_API c10::Device default_device();
 
 }  // namespace dschat

@@ -76,7 +76,8 @@ class DSCHAT_SDK_API CausalLM : public torch::nn::Module {
 
   // ---- convenience ----
   // input_ids [B, T]; attention_mask [B, past + T] (undefined: all ones). With a cache, the new tokens'
-  // keys/values are appended and cache->length advances by T.
+  // keys/values are appended and cache->length advances by T. A static cache (kv_cache.h) takes T = 1 and an
+  // attention_mask of [B, capacity].
   CausalLMOutput forward(const at::Tensor& input_ids, const at::Tensor& attention_mask, KvCache* cache = nullptr,
                          bool return_hidden = false, bool return_logits = true);
   KvCache allocate_cache(int64_t batch, int64_t capacity) const;
@@ -101,6 +102,9 @@ class DSCHAT_SDK_API CausalLM : public torch::nn::Module {
   std::string model_type_;
   std::vector<std::shared_ptr<DecoderBlock>> blocks_;
   TensorParallelPlacement tensor_parallel_;
+  // Set by forward() for the duration of a static-cache step, read by the base prepare(): families call it from
+  // their own prepare() with the same signature, so the position of the column being written reaches them here.
+  at::Tensor static_write_position_;
 };
 
 struct ModelOptions {
@@ -130,7 +134,8 @@ class DSCHAT_SDK_API CheckpointError : public std::runtime_error {
 class DSCHAT_SDK_API ModelFamily {
  public:
   static constexpr const char* kind = "model";
-  static constexpr int interface_version = 1;
+  // 2: static KV cache (KvCache::write_position, AttentionInputs::write_position, CausalLM's layout).
+  static constexpr int interface_version = 2;
   virtual ~ModelFamily() = default;
 
   virtual std::string model_type() const = 0;  // HF's model_type

@@ -27,6 +27,14 @@
 
 namespace dschat {
 
+class ConfigTable;
+
+// A strategy's `device` option: "auto" (the default: the pipeline's `device`, see device.h), "cpu", "cuda" (this
+// rank's LOCAL_RANK GPU) or "cuda:N". read_device_option checks it against this build and machine (a ConfigError at
+// the option otherwise); place_on resolves it for this rank when the engine is made.
+DSCHAT_SDK_API std::string read_device_option(const ConfigTable& options);
+DSCHAT_SDK_API at::Device place_on(const std::string& device_option);
+
 struct OptimizerOptions {
   double learning_rate = 1e-3;       // decay and no-decay groups
   double lora_learning_rate = 5e-4;  // LoRA group (lora_right_weight / lora_left_weight)

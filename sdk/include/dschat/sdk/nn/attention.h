@@ -25,6 +25,10 @@ struct AttentionInputs {
   at::Tensor rope_cos;        // [B, T, head_dim] for rotary models, else undefined
   at::Tensor rope_sin;
   int64_t past_length = 0;    // tokens already in the KV cache
+  // Static KV cache (KvCache::write_position): [1] int64 on the model's device, the cache column this one-token
+  // step writes. The step then attends over the whole cache (the mask hides columns not yet written), so every
+  // shape is the same from step to step and a CUDA graph can replay it.
+  at::Tensor write_position;
 };
 
 // Positions as HF computes them for left-padded batches: cumsum(mask) - 1, with padding at 0 (generate's
@@ -40,7 +44,8 @@ DSCHAT_SDK_API at::Tensor causal_padding_bias(const at::Tensor& attention_mask, 
 DSCHAT_SDK_API double lowest_value(at::ScalarType dtype);
 
 // The cache-aware core shared by every attention layout: q [B, H, T, D], k/v [B, H_kv, T, D] (rotary already
-// applied). Appends k/v to `kv` at inputs.past_length when given. Returns [B, T, H * D].
+// applied). Appends k/v to `kv` at inputs.past_length when given (at inputs.write_position for a static cache).
+// Returns [B, T, H * D].
 DSCHAT_SDK_API at::Tensor attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                  const AttentionInputs& inputs, LayerKv* kv, double scale, double dropout,
                                  bool training);
