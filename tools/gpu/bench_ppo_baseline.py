@@ -43,6 +43,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+import transformers
 from transformers import OPTConfig, OPTForCausalLM, OPTModel
 from transformers.utils import logging as hf_logging
 
@@ -337,7 +338,7 @@ def main():
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor()
                                                                                     or platform.machine())
     print(f"device: {device_name} ({args.device}), torch {torch.__version__}, threads {torch.get_num_threads()}, "
-          f"python {platform.python_version()}, dtype {args.dtype}{', tiny shapes' if args.tiny else ''}", flush=True)
+          f"transformers {transformers.__version__}, python {platform.python_version()}, dtype {args.dtype}{', tiny shapes' if args.tiny else ''}", flush=True)
 
     t = time.perf_counter()
     ppo = PlainPPO(shapes, dtype, device)
@@ -385,6 +386,7 @@ def main():
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
     res = {
         "device": device_name, "device_type": args.device, "torch": torch.__version__,
+        "transformers": transformers.__version__,
         "python": platform.python_version(), "threads": torch.get_num_threads(), "dtype": args.dtype,
         "tiny": args.tiny, "batch": batch, "batch_requested": args.batch, "prompt_len": args.prompt_len,
         "answer_len": args.answer_len, "iterations": args.iterations, "warmup_iterations": len(times) - len(measured),
