@@ -15,9 +15,9 @@ if(NOT Torch_DIR)
 endif()
 # The wheel is CUDA-built and its CMake package looks for the CUDA toolkit even when only the CPU libraries
 # are wanted; a CPU consumer links torch_cpu + c10 and never touches the CUDA ones.
-# Name the GPU architecture instead of letting it probe for GPUs with a try_run (none here; H100 on the GPU machine).
+# Name the GPU architectures instead of letting it probe for GPUs with a try_run (none here; H200 on the GPU machine).
 if(NOT TORCH_CUDA_ARCH_LIST)
-  set(TORCH_CUDA_ARCH_LIST "9.0" CACHE STRING "CUDA architectures for the CUDA plugins")
+  set(TORCH_CUDA_ARCH_LIST "8.0;9.0" CACHE STRING "CUDA architectures for the CUDA plugins (A100, H100/H200)")
 endif()
 set(CMAKE_CUDA_STANDARD 17)
 find_package(Torch 2.11 REQUIRED CONFIG)

@@ -9,6 +9,9 @@ namespace detail {
 void set_current_cuda_device(int) {}  // resolve_device never yields a CUDA device here
 }  // namespace detail
 
+size_t peak_device_memory(c10::Device) { return 0; }
+void synchronize(c10::Device) {}
+
 std::vector<AcceleratorInfo> list_accelerators(std::string* problem) {
   if (problem) *problem = "built without CUDA (configure with -DDSCHAT_CUDA=ON)";
   return {};

@@ -1,7 +1,9 @@
-// Times the `kv-cache` generation plugin: dschat's half of bench_generate.py.
+// Times a generation plugin (`kv-cache` by default): dschat's half of bench_generate.py and of tools/gpu's decode
+// bench.
 //
-//   bench_generate PLUGIN_DIR MODEL_DIR PROMPTS.safetensors NEW_TOKENS f32|bf16 ITERATIONS THREADS
+//   bench_generate PLUGIN_DIR MODEL_DIR PROMPTS.safetensors NEW_TOKENS f32|bf16 ITERATIONS THREADS [DEVICE [PLUGIN]]
 //
+// DEVICE: cpu (default) or cuda[:N]; PLUGIN: the generation plugin (kv-cache, cuda, eager).
 // Loads the model with the plugin its config.json's model_type names (opt, llama, bloom) and generates greedily (no eos: every row makes NEW_TOKENS) for the
 // prompts' input_ids / attention_mask, and once more with a single new token (prefill + one pick) so the script
 // can split off the decode time. Prints one JSON line:
@@ -50,9 +52,9 @@ int64_t pad_token_id(const std::string& model_dir) {
 }  // namespace
 
 int main(int argc, char** argv) try {
-  if (argc != 8) {
+  if (argc < 8 || argc > 10) {
     std::cerr << "usage: bench_generate PLUGIN_DIR MODEL_DIR PROMPTS.safetensors NEW_TOKENS f32|bf16 ITERATIONS "
-                 "THREADS\n";
+                 "THREADS [DEVICE [PLUGIN]]\n";
     return 2;
   }
   const std::string plugins = argv[1];
@@ -64,8 +66,11 @@ int main(int argc, char** argv) try {
   auto document = ConfigDocument::parse_string("", "bench", ".");
   const std::string model_type = read_hf_config(argv[2]).value("model_type", "");
   auto family = load<ModelFamily>(plugins + "/libdschat-" + model_type + ".so", model_type, document->root());
-  auto generator = load<Generator>(plugins + "/libdschat-kv-cache.so", "kv-cache", document->root());
-  auto model = family->from_pretrained(argv[2], {.dtype = dtype_name == "bf16" ? at::kBFloat16 : at::kFloat});
+  const at::Device device(argc > 8 ? argv[8] : "cpu");
+  const std::string plugin = argc > 9 ? argv[9] : "kv-cache";
+  auto generator = load<Generator>(plugins + "/libdschat-" + plugin + ".so", plugin, document->root());
+  auto model = family->from_pretrained(argv[2], {.dtype = dtype_name == "bf16" ? at::kBFloat16 : at::kFloat,
+                                                 .device = device});
   model->eval();
   auto prompts = safetensors::File::open(argv[3]);
   at::Tensor ids, mask;
@@ -83,7 +88,7 @@ int main(int argc, char** argv) try {
     std::vector<double> ms;
     for (int i = 0; i < iterations + 1; ++i) {  // the first run warms up allocators and kernels
       auto start = std::chrono::steady_clock::now();
-      sequences = generator->generate(*model, ids, mask, options).sequences;
+      sequences = generator->generate(*model, ids, mask, options).sequences.cpu();  // .cpu(): the GPU finished
       auto stop = std::chrono::steady_clock::now();
       if (i > 0) ms.push_back(std::chrono::duration<double, std::milli>(stop - start).count());
     }

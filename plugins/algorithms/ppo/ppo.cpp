@@ -82,6 +82,7 @@
 #include "dschat/sdk/atomic_file.h"
 #include "dschat/sdk/data_collate.h"
 #include "dschat/sdk/distributed.h"
+#include "dschat/sdk/device.h"
 #include "dschat/sdk/generation.h"
 #include "dschat/sdk/hook.h"
 #include "dschat/sdk/hybrid_engine.h"
@@ -103,7 +104,11 @@ using namespace dschat;
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 
-double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+// After the device's queued work: on a GPU the host runs ahead of the kernels it launched.
+double seconds_since(Clock::time_point t, at::Device device) {
+  dschat::synchronize(device);
+  return std::chrono::duration<double>(Clock::now() - t).count();
+}
 
 // DESIGN §5 / DeepSpeed-Chat perf.py: 24 k B s L h^2 (1 + s/(6h) + V/(16 L h)).
 double megatron_flops(double k, double batch, double seq, const ModelDims& d) {
@@ -475,7 +480,7 @@ void Ppo::run(StageContext& ctx) {
       GenerationView view(*actor);
       out = generator->generate(*actor, batch.input_ids.to(device), batch.attention_mask.to(device), options);
     }
-    gen_s = seconds_since(t0);
+    gen_s = seconds_since(t0, device);
     t0 = Clock::now();
     const int64_t P = out.prompt_length;
     auto gen_logprobs = out.logprobs;
@@ -536,7 +541,7 @@ void Ppo::run(StageContext& ctx) {
     e.values = with_recorded(e.first_micro_values, values_of_rows);
     e.ref_logprobs = answer_logprobs(*reference, e.seq, e.attention_mask, P - 1);
     e.score = ppo_rollout::rollout_scores(*reward, e.seq, pad_id, P).to(at::kFloat);
-    exp_s = seconds_since(t0);
+    exp_s = seconds_since(t0, device);
     last_valid = e;
     last_valid->first_micro_logprobs = last_valid->first_micro_values = at::Tensor();  // a reuse trains afresh
     return e;
@@ -671,7 +676,7 @@ void Ppo::run(StageContext& ctx) {
     buf_rollout_rows = comm.sum(buf_rollout_rows);
     auto t0 = Clock::now();
     TrainStats s = train_on(buffer);
-    const double train_s = seconds_since(t0);
+    const double train_s = seconds_since(t0, device);
     const int64_t step = actor_engine->global_step();
     double train_flops = 0;
     for (const auto& e : buffer) {
@@ -691,6 +696,7 @@ void Ppo::run(StageContext& ctx) {
     metrics.scalar("samples_per_s", buf_rollout_rows / (buf_gen_s + buf_exp_s + train_s), step);
     metrics.scalar("tflops_generation", buf_gen_flops / buf_gen_s / 1e12, step);
     metrics.scalar("tflops_training", train_flops / train_s / 1e12, step);
+    if (device.is_cuda()) metrics.scalar("memory/peak_gpu_bytes", static_cast<double>(peak_device_memory(device)), step);
     ctx.progress().update(step,
                           {{"reward", reward_sum / buf_rollout_rows},
                            {"kl", kl_sum / buf_rollout_rows},

@@ -9,7 +9,6 @@
 // The host reads nothing between steps except, every `sync_every` steps, whether every row has ended.
 // On the CPU the same steps run eagerly: that is how the GPU path's sampling is tested against `kv-cache` there.
 #include <memory>
-#include <optional>
 
 #include <ATen/ops/arange.h>
 #include <ATen/ops/cat.h>
@@ -122,7 +121,7 @@ class CudaGenerator : public Generator {
     s.cache.write_position = at::full({1}, prompt_len, long_opts);
 
     bool stopped = options.on_step && !call_on_step(s, 0, options);
-    std::optional<StepGraph> graph;
+    std::unique_ptr<StepGraph> graph;
     for (int64_t t = 1; t < max_new && !stopped; ++t) {
       if (options.on_step || t % sync_every_ == 0) {
         if (s.done.all().item<bool>()) break;
@@ -194,13 +193,12 @@ class CudaGenerator : public Generator {
     at::cuda::CUDAGraph graph;
     void replay() { graph.replay(); }
   };
-  std::optional<StepGraph> capture(CausalLM& model, DecodeState& s, int64_t t, const SamplingOptions& options) {
+  std::unique_ptr<StepGraph> capture(CausalLM& model, DecodeState& s, int64_t t, const SamplingOptions& options) {
     s.last_tokens = s.last_tokens.clone();  // a buffer of its own, updated in place by the captured step
     auto tokens_buffer = s.last_tokens;
-    std::optional<StepGraph> out;
-    out.emplace();
+    auto out = std::make_unique<StepGraph>();
     try {
-      out->graph.capture_begin();
+      out->graph.capture_begin({0, 0}, cudaStreamCaptureModeThreadLocal);
       s.mask.index_fill_(1, s.cache.write_position, 1);
       auto hidden = model.forward(tokens_buffer, s.mask, &s.cache, true, false).hidden;
       s.cache.write_position.add_(1);
@@ -225,14 +223,14 @@ class CudaGenerator : public Generator {
         warned_ = true;
       }
       use_graph_ = false;
-      return std::nullopt;
+      return nullptr;
     }
   }
 #else
   struct StepGraph {
     void replay() {}
   };
-  std::optional<StepGraph> capture(CausalLM&, DecodeState&, int64_t, const SamplingOptions&) { return std::nullopt; }
+  std::unique_ptr<StepGraph> capture(CausalLM&, DecodeState&, int64_t, const SamplingOptions&) { return nullptr; }
 #endif
 
   SamplingOptions defaults_;

@@ -7,11 +7,6 @@ namespace dschat {
 
 bool built_with_cuda() { return true; }
 
-namespace detail {
-void set_current_cuda_device(int index) {
-  if (cudaSetDevice(index) != cudaSuccess) (void)cudaGetLastError();  // reported by the first CUDA op instead
-}
-}  // namespace detail
 
 std::vector<AcceleratorInfo> list_accelerators(std::string* problem) {
   std::vector<AcceleratorInfo> out;

@@ -26,6 +26,8 @@
 #include "dschat/sdk/distributed.h"
 #include "dschat/sdk/optim.h"
 #include "dschat/sdk/partitioned_engine.h"
+
+#include "dschat/sdk/device.h"
 #include "dschat/sdk/safetensors.h"
 
 namespace dschat {
@@ -194,17 +196,24 @@ class PartitionedEngine : public Engine {
     result.boundary = true;
     at::NoGradGuard no_grad;
     // This rank's slice of the averaged gradient of every unit.
+    // GPU -> host (offload): every slice's copy queued, one wait, then the host reads them. The squares are summed
+    // where the slices are and read once: one synchronisation per step, not one per unit.
     std::vector<at::Tensor> grads;
-    double squares = 0.0;
+    const bool to_host = optimizer_device_ != device_;
     for (auto& unit : units_) {
       at::Tensor g = stage_ >= 2 ? unit.grad_shard
                                  : unit.reduced_grads.defined()
                                        ? unit.reduced_grads.narrow(0, unit.shard_begin, unit.shard)
                                        : at::zeros({unit.shard}, at::TensorOptions(device_).dtype(at::kFloat));
-      g = g.to(optimizer_device_).div_(static_cast<double>(world_size_));
-      squares += g.to(at::kDouble).pow(2).sum().item<double>();
-      grads.push_back(g);
+      grads.push_back(to_host ? g.to(optimizer_device_, /*non_blocking=*/device_.is_cuda()) : g);
     }
+    if (to_host) synchronize(device_);
+    at::Tensor square_sum = at::zeros({}, at::TensorOptions(optimizer_device_).dtype(at::kDouble));
+    for (auto& g : grads) {
+      g.div_(static_cast<double>(world_size_));
+      square_sum += g.to(at::kDouble).pow(2).sum();
+    }
+    double squares = square_sum.item<double>();
     if (stage_ >= 1) squares = comm_.sum(squares);  // the slices partition the gradient
     result.grad_norm = std::sqrt(squares);
     if (!std::isfinite(result.grad_norm)) {  // NaN/inf gradients (every rank sees the same norm): skip alike
@@ -447,8 +456,14 @@ class PartitionedEngine : public Engine {
       unit.master = slice.to(fp32, /*non_blocking=*/false, /*copy=*/true);
       unit.exp_avg = at::zeros({unit.shard}, fp32);
       unit.exp_avg_sq = at::zeros({unit.shard}, fp32);
+      if (optimizer_device_.is_cpu() && device_.is_cuda()) {  // offload: page-locked, so copies run at full speed
+        unit.master = unit.master.pin_memory();
+        unit.exp_avg = unit.exp_avg.pin_memory();
+        unit.exp_avg_sq = unit.exp_avg_sq.pin_memory();
+      }
       if (stage_ >= 2) unit.grad_shard = at::zeros({unit.shard}, at::TensorOptions(device_).dtype(at::kFloat));
       if (stage_ == 3) unit.param_shard = slice.to(param_shard_device_, /*non_blocking=*/false, /*copy=*/true);
+      if (stage_ == 3 && param_shard_device_.is_cpu() && device_.is_cuda()) unit.param_shard = unit.param_shard.pin_memory();
       if (unit.block >= 0) unit_of_block_.push_back(&unit);
     }
     if (stage_ == 3) TORCH_CHECK(unit_of_block_.size() == lm_->num_blocks(), "zero 3: block without parameters");
@@ -581,7 +596,8 @@ class PartitionedEngine : public Engine {
   // ---- stage 3: gathering and releasing weights --------------------------------------------------------------
   void start_gather(Unit& unit) {
     if (unit.whole.defined() || unit.gathering.pending()) return;
-    unit.gather_source = unit.param_shard.to(device_);  // a copy only when the shard lives in host memory
+    // A copy only when the shard lives in host memory; from page-locked memory it is queued, not waited for.
+    unit.gather_source = unit.param_shard.to(device_, /*non_blocking=*/device_.is_cuda() && unit.param_shard.is_pinned());
     unit.whole = at::empty({unit.padded}, unit.gather_source.options());
     unit.gathering = comm_.all_gather_async(unit.whole, unit.gather_source);
   }

@@ -36,4 +36,12 @@ DSCHAT_SDK_API c10::Device resolve_device(const std::string& spec, int local_ran
 DSCHAT_SDK_API void use_device(c10::Device device);
 DSCHAT_SDK_API c10::Device default_device();
 
+// The most bytes LibTorch's CUDA caching allocator has held allocated on `device` since the process started (its
+// peak statistic); 0 for the CPU and in a CPU build.
+DSCHAT_SDK_API size_t peak_device_memory(c10::Device device);
+
+// Waits for the work queued on `device` (its current stream), so a host clock read after it times that work; a
+// no-op for the CPU.
+DSCHAT_SDK_API void synchronize(c10::Device device);
+
 }  // namespace dschat
