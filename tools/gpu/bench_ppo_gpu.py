@@ -51,12 +51,20 @@ def model_folder(path: pathlib.Path, shape: dict, vocab: int):
         shutil.copy(ROOT / "configs" / "quickstart" / "model" / name, path / name)
 
 
-def prompts_file(path: pathlib.Path, rows: int):
-    # Long prompts (their 256 leading tokens are kept): the quickstart's requests strung together.
+def prompts_file(path: pathlib.Path, rows: int, prompt_len: int):
+    # Prompts as long as the prompt budget allows (dschat, like DeepSpeed-Chat, drops longer ones): the quickstart's
+    # requests strung together, grown request by request while they still fit in prompt_len tokens.
+    from tokenizers import Tokenizer
+    tokenizer = Tokenizer.from_file(str(ROOT / "configs/quickstart/model/tokenizer.json"))
     lines = [json.loads(line) for line in (ROOT / "configs/quickstart/data/requests.jsonl").read_text().splitlines()]
     with path.open("w") as f:
         for i in range(rows):
-            text = "".join(lines[(i + j) % len(lines)]["prompt"] for j in range(40))
+            text, j = "", 0
+            while True:
+                longer = text + lines[(i + j) % len(lines)]["prompt"]
+                if len(tokenizer.encode(longer).ids) + 2 > prompt_len:
+                    break
+                text, j = longer, j + 1
             r = lines[i % len(lines)]
             f.write(json.dumps({"prompt": text, "response": r["chosen"], "chosen": r["chosen"],
                                 "rejected": r["rejected"]}) + "\n")
@@ -90,11 +98,19 @@ max_prompt_seq_len = {args.prompt}
 [strategy]
 plugin = "single"
 
+[[stage]]                         # one step, only to give the random critic a value head (not timed)
+name = "rm"
+algorithm = "reward"
+model = "critic"
+max_steps = 1
+per_device_train_batch_size = 2
+per_device_eval_batch_size = 2
+
 [[stage]]
 name = "rlhf"
 algorithm = "ppo"
 actor = "actor"
-critic = "critic"
+critic = "rm"
 max_steps = {args.rollouts}
 per_device_generation_batch_size = {batch}
 per_device_training_batch_size = {batch}
@@ -159,7 +175,7 @@ def main() -> int:
     shapes = {k: (TINY if args.tiny else v) for k, v in SHAPES.items()}
     for role in ("actor", "critic"):
         model_folder(out / role, shapes[role], vocab)
-    prompts_file(out / "prompts.jsonl", 2000)
+    prompts_file(out / "prompts.jsonl", 2000, args.prompt)
 
     found = run_dschat(args, out)
     if found is None:
@@ -200,8 +216,9 @@ def main() -> int:
                  gen_tokens_per_s=batch * args.answer / r["generate_s"])
     if len(rows) == 2:
         print(f"  dschat / baseline iteration time: {rows['PyTorch + transformers']['total_s'] / rows['dschat']['total_s']:.2f}x")
-    print("  work: both sides generate B x 256 tokens after a 256-token prompt, run actor/reference/critic/reward "
-          "forwards over 512 tokens, and one actor + one critic AdamW step; dschat's first micro-batch reuses its "
+    print(f"  work: both sides generate {batch} x {args.answer} tokens after a {args.prompt}-token prompt, run "
+          f"actor/reference/critic/reward forwards over {seq} tokens, and one actor + one critic AdamW step; "
+          "dschat's first micro-batch reuses its "
           "experience forwards for training (reuse_experience_forwards) and checks generation against training "
           "log-probs on 2 rows (the hybrid engine's check)")
     (out / "ppo.json").write_text(json.dumps({"batch": batch, "gen_flops": gen_flops, "train_flops": train_flops,
