@@ -1,5 +1,7 @@
 #include "command_support.h"
 
+#include "dschat/sdk/device.h"
+
 #include <algorithm>
 #include <fstream>
 #include <iostream>
@@ -87,7 +89,7 @@ std::shared_ptr<Tokenizer> load_tokenizer(const std::filesystem::path& dir, cons
 }
 
 std::shared_ptr<CausalLM> load_causal_lm(PluginRegistry& registry, const std::filesystem::path& dir,
-                                         at::ScalarType dtype, const std::string& flag) {
+                                         at::ScalarType dtype, const std::string& flag, c10::Device device) {
   std::string model_type;
   try {
     model_type = model_type_of(read_hf_config(dir), dir);
@@ -98,13 +100,14 @@ std::shared_ptr<CausalLM> load_causal_lm(PluginRegistry& registry, const std::fi
   auto family = registry.create<ModelFamily>(model_type, no_options->root());
   ModelOptions options;
   options.dtype = dtype;
+  options.device = device;
   auto model = family->from_pretrained(dir, options);
   model->eval();
   return model;
 }
 
 std::shared_ptr<RewardModel> load_reward_model(PluginRegistry& registry, const std::filesystem::path& dir,
-                                               at::ScalarType dtype, const std::string& flag) {
+                                               at::ScalarType dtype, const std::string& flag, c10::Device device) {
   if (!std::filesystem::exists(dir / "value_head.safetensors"))
     throw CommandError(fmt::format(
         "{} {}: not a reward model: no value_head.safetensors (a reward stage's final/ folder has one; "
@@ -112,6 +115,7 @@ std::shared_ptr<RewardModel> load_reward_model(PluginRegistry& registry, const s
         flag, dir.string()));
   auto reward_model = std::make_shared<RewardModel>(load_causal_lm(registry, dir, dtype, flag));
   load_value_head(*reward_model, dir);
+  reward_model->to(device);
   reward_model->eval();
   return reward_model;
 }
@@ -125,6 +129,7 @@ po::options_description sampling_flags(int64_t default_max_new_tokens) {
       "top-k", po::value<int64_t>()->default_value(0), "sample among the k most likely (0 disables)")(
       "seed", po::value<uint64_t>()->default_value(1234), "sampling seed")(
       "dtype", po::value<std::string>()->default_value("fp32"), "fp32 or bf16")(
+      "device", po::value<std::string>()->default_value("auto"), "auto, cpu, cuda or cuda:N")(
       "generation", po::value<std::string>()->default_value("kv-cache"), "generation plugin");
   return flags;
 }
@@ -134,6 +139,15 @@ at::ScalarType dtype_flag(const po::variables_map& vm) {
   if (name == "fp32") return at::kFloat;
   if (name == "bf16") return at::kBFloat16;
   throw CommandError("--dtype must be fp32 or bf16, not " + name);
+}
+
+c10::Device device_flag(const po::variables_map& vm) {
+  if (!vm.count("device")) return c10::kCPU;
+  try {
+    return resolve_device(vm["device"].as<std::string>());
+  } catch (const std::invalid_argument& e) {
+    throw CommandError(std::string("--device: ") + e.what());
+  }
 }
 
 std::shared_ptr<Generator> make_generator(PluginRegistry& registry, const po::variables_map& vm) {

@@ -10,6 +10,8 @@
 #include <string>
 
 #include <boost/program_options.hpp>
+#include <c10/core/Device.h>
+#include <c10/core/ScalarType.h>
 
 #include "dschat/sdk/generation.h"
 
@@ -47,17 +49,21 @@ std::filesystem::path resolve_model_flag(const std::string& value, const std::st
 // The folder's tokenizer; CommandError naming the folder when it has none.
 std::shared_ptr<Tokenizer> load_tokenizer(const std::filesystem::path& dir, const std::string& flag);
 
-// Builds the folder's model with the plugin for its config.json's model_type and loads its weights.
+// Builds the folder's model with the plugin for its config.json's model_type and loads its weights onto `device`.
 std::shared_ptr<CausalLM> load_causal_lm(PluginRegistry& registry, const std::filesystem::path& dir,
-                                         at::ScalarType dtype, const std::string& flag);
+                                         at::ScalarType dtype, const std::string& flag,
+                                         c10::Device device = c10::kCPU);
 
 // A reward stage's final/ folder (base model + value_head.safetensors); CommandError when `dir` is not one.
 std::shared_ptr<RewardModel> load_reward_model(PluginRegistry& registry, const std::filesystem::path& dir,
-                                               at::ScalarType dtype, const std::string& flag);
+                                               at::ScalarType dtype, const std::string& flag,
+                                               c10::Device device = c10::kCPU);
 
-// --max-new-tokens, --greedy, --temperature, --top-p, --top-k, --seed, --dtype, --generation.
+// --max-new-tokens, --greedy, --temperature, --top-p, --top-k, --seed, --dtype, --device, --generation.
 boost::program_options::options_description sampling_flags(int64_t default_max_new_tokens);
 at::ScalarType dtype_flag(const boost::program_options::variables_map& vm);
+// --device (auto | cpu | cuda | cuda:N, as [pipeline].device); the CPU where the command has no such flag.
+c10::Device device_flag(const boost::program_options::variables_map& vm);
 
 // The generation plugin the flags name, with their sampling options (its checks apply, as in a pipeline).
 std::shared_ptr<Generator> make_generator(PluginRegistry& registry, const boost::program_options::variables_map& vm);

@@ -32,7 +32,7 @@ int generate(const std::vector<std::string>& args) {
   PluginRegistry registry;
   registry.discover(PluginRegistry::search_paths({}));
   auto generator = make_generator(registry, *vm);
-  auto model = load_causal_lm(registry, dir, dtype, "--model");
+  auto model = load_causal_lm(registry, dir, dtype, "--model", device_flag(*vm));
 
   const std::string text = (*vm)["prompt"].as<std::string>();
   std::vector<int64_t> ids = tokenizer->encode(text);

@@ -157,7 +157,7 @@ int chat(const std::vector<std::string>& args) {
   PluginRegistry registry;
   registry.discover(PluginRegistry::search_paths({}));
   auto generator = make_generator(registry, *vm);
-  auto model = load_causal_lm(registry, dir, dtype, "--model");
+  auto model = load_causal_lm(registry, dir, dtype, "--model", device_flag(*vm));
   ChatSession session(model, tokenizer, chat_template, generator, sampling_for(*generator, *tokenizer, *vm, dir),
                       (*vm)["system"].as<std::string>());
 

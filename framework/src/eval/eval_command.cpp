@@ -137,7 +137,7 @@ struct Answered {
 Answered greedy_answers(PluginRegistry& registry, const fs::path& dir, const Tokenizer& tokenizer,
                         const std::vector<std::string>& prompts, const po::variables_map& vm, const std::string& flag) {
   auto generator = make_generator(registry, vm);
-  auto model = load_causal_lm(registry, dir, dtype_flag(vm), flag);
+  auto model = load_causal_lm(registry, dir, dtype_flag(vm), flag, device_flag(vm));
   SamplingOptions sampling = sampling_for(*generator, tokenizer, vm, dir);
   Answered out;
   for (size_t i = 0; i < prompts.size(); ++i) {
