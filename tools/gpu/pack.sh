@@ -22,6 +22,7 @@ if [ ! -f "$build/build.ninja" ]; then
 else
   DSCHAT_BUILD_DIR="$build" "$root/tools/build.sh"
 fi
+ninja -C "$build" bench_generate  # benchmarks are built on request only
 fixtures="$cpu_build/test-data/models"
 if [ ! -f "$fixtures/llama/reference.safetensors" ]; then
   echo "[pack] making the model fixtures (test_models' generator) in $fixtures"
@@ -38,7 +39,7 @@ cp -r "$fixtures" "$pack/test-data/models"
 rm -f "$pack/test-data/models/make.log"
 
 # Shared libraries to carry: what ldd resolves outside LibTorch / CUDA / the C runtime.
-skip='/(torch|nvidia)/|libcuda\.so|libc\.so|libm\.so|libdl\.so|librt\.so|libpthread\.so|ld-linux|libstdc\+\+|libgcc_s|linux-vdso|libdschat'
+skip='/(torch|nvidia)/|libcuda\.so|libc\.so|libm\.so|libdl\.so|librt\.so|libpthread\.so|ld-linux|libstdc\+\+|libgcc_s|libresolv|libutil\.so|linux-vdso|libdschat'
 for f in "$pack"/bin/* "$pack"/lib/*.so "$pack"/lib/dschat/plugins/*.so; do
   ldd "$f" | awk '/=> \// {print $3}'
 done | sort -u | grep -Ev "$skip" | while read -r lib; do cp -L "$lib" "$pack/deps/"; done
