@@ -1,5 +1,5 @@
 // The pipeline's `device` resolved against this build and machine (the build-specific parts are device_cpu.cpp
-// and cuda/device_info.cu).
+// and device_cuda.cpp with cuda/device_info.cu).
 #include "dschat/sdk/device.h"
 
 #include <atomic>
@@ -14,7 +14,7 @@
 namespace dschat {
 
 namespace detail {
-void set_current_cuda_device(int index);  // device_cpu.cpp / cuda/device_info.cu
+void set_current_cuda_device(int index);  // device_cpu.cpp / device_cuda.cpp
 }  // namespace detail
 
 namespace {

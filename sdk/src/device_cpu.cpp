@@ -1,4 +1,4 @@
-// The CPU build's answer; the CUDA build compiles src/cuda/device_info.cu instead.
+// The CPU build's answer; the CUDA build compiles src/cuda/device_info.cu and src/device_cuda.cpp instead.
 #include "dschat/sdk/device.h"
 
 namespace dschat {
