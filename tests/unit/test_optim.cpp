@@ -12,6 +12,7 @@
 #include "dschat/sdk/config_document.h"
 #include "dschat/sdk/model.h"
 #include "dschat/sdk/optim.h"
+#include "dschat/sdk/partitioned_engine.h"
 #include "dschat/sdk/plugin.h"
 #include "dschat/sdk/reward_loss.h"
 #include "dschat/sdk/reward_model.h"
@@ -356,6 +357,74 @@ TEST(Engine, Fp16OverflowSkipsTheStepAndHalvesTheScale) {
   EXPECT_GT(max_param_diff(*lm, *copy), 0.0);
 }
 
+// PPO's pattern for fp16: both engines are asked before either steps, and one overflow skips both. Only the
+// engine that overflowed halves its scale; the other keeps its scale and its weights.
+TEST(Engine, Fp16OverflowOfOneEngineSkipsBothSteps) {
+  auto actor = tiny_opt(12, at::kHalf), critic = tiny_opt(14, at::kHalf);
+  auto actor_before = tiny_opt(12, at::kHalf), critic_before = tiny_opt(14, at::kHalf);
+  OptimizerOptions o;
+  o.initial_loss_scale = 1024;
+  auto actor_engine = engine_for(actor, o), critic_engine = engine_for(critic, o);
+  auto ids = batch_ids(2, 44);
+  actor_engine->backward(causal_loss(actor_engine->forward(ids, {}).logits, ids));
+  critic_engine->backward(causal_loss(critic_engine->forward(ids, {}).logits, ids) * 1e30);
+  EXPECT_FALSE(actor_engine->gradients_overflowed());
+  EXPECT_TRUE(critic_engine->gradients_overflowed());
+  const StepOptions together{actor_engine->gradients_overflowed() || critic_engine->gradients_overflowed()};
+  auto a = actor_engine->step(together), c = critic_engine->step(together);
+  EXPECT_TRUE(a.boundary && a.overflow && !a.applied && !a.nonfinite);
+  EXPECT_TRUE(c.boundary && c.overflow && !c.applied && !c.nonfinite);
+  EXPECT_EQ(max_param_diff(*actor, *actor_before), 0.0);
+  EXPECT_EQ(max_param_diff(*critic, *critic_before), 0.0);
+  // The next micro-batch is clean: both step, the critic at half its scale, the actor at its own.
+  actor_engine->backward(causal_loss(actor_engine->forward(ids, {}).logits, ids));
+  critic_engine->backward(causal_loss(critic_engine->forward(ids, {}).logits, ids));
+  EXPECT_FALSE(actor_engine->gradients_overflowed() || critic_engine->gradients_overflowed());
+  a = actor_engine->step(StepOptions{});
+  c = critic_engine->step(StepOptions{});
+  EXPECT_TRUE(a.applied && c.applied);
+  EXPECT_DOUBLE_EQ(a.loss_scale, 1024.0);
+  EXPECT_DOUBLE_EQ(c.loss_scale, 512.0);
+  EXPECT_EQ(actor_engine->global_step(), 1);
+  EXPECT_EQ(critic_engine->global_step(), 1);
+}
+
+// ddp / zero train fp16 with the same dynamic loss scale as the single engine: on one process (a size-1 group)
+// each ZeRO stage skips the overflowing step, halves its scale and then trains to the single engine's weights.
+TEST(Engine, Fp16LossScaleUnderDdpAndZeroMatchesTheSingleEngine) {
+  auto ids = batch_ids(2, 45);
+  OptimizerOptions o;
+  o.initial_loss_scale = 1024;
+  o.lr_scheduler = "constant";
+  o.learning_rate = 1e-2;
+  auto train = [&](Engine& engine) {
+    std::vector<double> scales;
+    for (int i = 0; i < 3; ++i) {
+      auto loss = causal_loss(engine.forward(ids, {}).logits, ids);
+      engine.backward(i == 0 ? loss * 1e30 : loss);
+      auto step = engine.step();
+      EXPECT_EQ(step.applied, i != 0) << engine.describe();
+      EXPECT_EQ(step.overflow, i == 0) << engine.describe();
+      scales.push_back(step.loss_scale);
+    }
+    return scales;
+  };
+  auto single = tiny_opt(15, at::kHalf);
+  auto single_engine = engine_for(single, o);
+  const auto single_scales = train(*single_engine);
+  EXPECT_EQ(single_scales, (std::vector<double>{1024, 512, 512}));
+  for (int stage : {0, 1, 2, 3}) {
+    auto lm = tiny_opt(15, at::kHalf);
+    PartitionedEngineOptions partitioning;
+    partitioning.zero_stage = stage;
+    auto engine = make_partitioned_engine(lm, lm, o, at::kCPU, partitioning, "test");
+    EXPECT_NE(engine->describe().find("dynamic loss scale"), std::string::npos) << engine->describe();
+    EXPECT_EQ(train(*engine), single_scales) << "zero stage " << stage;
+    auto whole = engine->gather_parameters();
+    EXPECT_LT(max_param_diff(*lm, *single), 2e-3) << "zero stage " << stage;
+  }
+}
+
 TEST(Engine, RewardModelTrainsThroughTheEngine) {
   // The reward stage's wiring: module = RewardModel (LM + v_head), blocks from the LM; the pair loss lowers.
   auto rm = std::make_shared<RewardModel>(tiny_opt(14));
@@ -369,7 +438,7 @@ TEST(Engine, RewardModelTrainsThroughTheEngine) {
   auto mask = at::ones_like(ids);
   double first = 0, last = 0;
   for (int i = 0; i < 10; ++i) {
-    auto values = rm->values_from_hidden(engine->forward(ids, mask, true, false).hidden);
+    auto values = rm->values_from_hidden(engine->forward(ids, mask, {.return_hidden = true, .return_logits = false}).hidden);
     auto out = reward_pair_loss(values, ids, /*pad_id=*/1, 0);
     (i == 0 ? first : last) = out.loss.item<double>();
     engine->backward(out.loss);

@@ -304,3 +304,18 @@ TEST(Ppo, PtxWithoutPretrainingTextIsAnError) {
               std::string::npos) << e.what();
   }
 }
+
+// fp16: the critic (fp16, its loss scale starting at 2^32) overflows on its first micro-batches while the fp32
+// actor's gradients are fine; each overflow must skip the actor's step too. One micro-batch per rollout, so
+// with max_steps = 2 the run takes exactly two rollouts more than it skipped.
+TEST(Ppo, AnOverflowInTheFp16CriticSkipsTheActorsStepToo) {
+  const fs::path root = fresh_dir("ppo-fp16-overflow");
+  auto file = write_pipeline(root, "max_steps = 2\ninitial_loss_scale = 4294967296.0\n");
+  ASSERT_TRUE(run_pipeline(load_pipeline(file, {"models.rm.dtype=\"fp16\""}, registry()), registry()));
+  auto rows = read_metrics(root / "run" / "rlhf");
+  double skipped = 0;
+  for (double v : values_of(rows, "train/overflow_skipped_steps")) skipped += v;
+  const auto rollouts = values_of(rows, "reward/mean").size();
+  EXPECT_GT(skipped, 0.0);
+  EXPECT_EQ(static_cast<double>(rollouts), skipped + 2.0) << "rollouts " << rollouts << ", skipped " << skipped;
+}

@@ -49,6 +49,8 @@
 //   checkpoint_interval 0 -- rollouts between checkpoints (actor, critic, hooks' state such as the EMA, data
 //   position); an interrupted stage resumes from the newest complete one
 //   max_nonfinite_steps 3 -- actor (or critic) steps in a row skipped for NaN/inf gradients before the stage stops
+//   initial_loss_scale 65536, loss_scale_window 100, min_loss_scale 1 -- fp16 models' dynamic loss scale; an
+//   overflow in the actor or the critic skips both steps of that micro-batch (train/overflow_skipped_steps)
 //   generation_tensor_parallel false -- the hybrid engine's TP rollouts: every rank holds a Megatron shard of
 //   the actor (all ranks form one TP group), the ranks' prompts are generated together and each keeps its rows
 //   reuse_experience_forwards true -- the first micro-batch's training forwards are its experience forwards (see
@@ -83,6 +85,7 @@
 #include "dschat/sdk/data_collate.h"
 #include "dschat/sdk/distributed.h"
 #include "dschat/sdk/device.h"
+#include "dschat/sdk/loss_scale.h"
 #include "dschat/sdk/generation.h"
 #include "dschat/sdk/hook.h"
 #include "dschat/sdk/hybrid_engine.h"
@@ -172,6 +175,7 @@ PpoOptions read_options(const ConfigTable& t) {
     opt->num_warmup_steps = warmup;
     opt->max_grad_norm = clip;
     opt->gradient_accumulation_steps = o.gradient_accumulation_steps;
+    read_loss_scale_options(t, *opt);  // one fp16 setting for both, as DeepSpeed-Chat's ds config
   }
   o.actor_lora_dim = t.get_int("actor_lora_dim", 0, 0);
   o.critic_lora_dim = t.get_int("critic_lora_dim", 0, 0);
@@ -353,11 +357,11 @@ void Ppo::run(StageContext& ctx) {
   // micro-batch reuses the experience's): the actor's log-probs of seq[:, start + 1:] ([B, L - 1 - start], LM head
   // on those positions only) and the critic's values ([B, L - 1]).
   auto actor_answer_logprobs = [&](const at::Tensor& seq, const at::Tensor& mask, int64_t start) {
-    auto logits = actor_engine->forward(seq, mask, false, true, start).logits;
+    auto logits = actor_engine->forward(seq, mask, {.logits_from = start}).logits;
     return ppo::logprobs_from_logits(logits.slice(1, 0, -1), seq.slice(1, start + 1)).to(at::kFloat);
   };
   auto critic_values = [&](const at::Tensor& seq, const at::Tensor& mask) {
-    auto hidden = critic_engine->forward(seq, mask, /*return_hidden=*/true, false).hidden;
+    auto hidden = critic_engine->forward(seq, mask, {.return_hidden = true, .return_logits = false}).hidden;
     return critic->values_from_hidden(hidden).slice(1, 0, -1).to(at::kFloat);
   };
 
@@ -557,7 +561,9 @@ void Ppo::run(StageContext& ctx) {
     auto whole = actor_engine->gather_parameters();  // the EMA reads every weight (ZeRO-3: gathered)
     for (const auto& hook : ctx.hooks()) hook->after_optimizer_step(*actor, {actor_engine->global_step()});
   };
-  auto ptx_step = [&] {
+  // PTX: the actor's causal-LM loss on pretraining text, accumulated with its PPO loss (the accumulation is
+  // doubled for it, so the actor's boundary comes after this backward).
+  auto ptx_backward = [&] {
     std::vector<at::Tensor> rows;
     for (int64_t i = 0; i < o_.training_batch_size; ++i) {
       const auto& b = ptx_blocks[ptx_next++ % ptx_blocks.size()];
@@ -570,10 +576,16 @@ void Ppo::run(StageContext& ctx) {
     auto loss = at::cross_entropy_loss(logits.slice(1, 0, -1).to(at::kFloat).reshape({-1, V}),
                                        ids.slice(1, 1).reshape({-1}));
     actor_engine->backward(loss * o_.unsup_coef);
-    after_actor_step(actor_engine->step());
     return loss.item<double>();
   };
-  struct TrainStats { double actor_loss = 0, critic_loss = 0, ptx_loss = 0; int64_t micro = 0, rows = 0; };
+  struct TrainStats {
+    double actor_loss = 0, critic_loss = 0, ptx_loss = 0;
+    int64_t micro = 0, rows = 0, overflow_skips = 0;
+  };
+  // fp16: an overflow in either model skips both steps, so both backward passes come before either step (the
+  // models are apart and the passes run in the same order, so only the skipping differs). Otherwise
+  // DeepSpeed-Chat's order, in which the actor's gradients are freed before the critic's pass.
+  const bool fp16_pair = actor->dtype() == at::kHalf || critic->base->dtype() == at::kHalf;
   auto train_on = [&](std::vector<Experience>& buffer) {
     TrainStats s;
     actor_engine->train(true);
@@ -609,13 +621,22 @@ void Ppo::run(StageContext& ctx) {
                                : actor_answer_logprobs(seq, mask, start);
           auto a_loss = ppo::actor_loss(logp, old_logp.slice(1, start), advantages, m, o_.ppo);
           actor_engine->backward(a_loss);
-          after_actor_step(actor_engine->step());
-          if (o_.enable_ptx) s.ptx_loss += ptx_step();
+          if (!fp16_pair) after_actor_step(actor_engine->step());  // not yet a boundary with PTX
+          if (o_.enable_ptx) s.ptx_loss += ptx_backward();
+          if (o_.enable_ptx && !fp16_pair) after_actor_step(actor_engine->step());
           // critic
           auto values = recorded ? std::exchange(e.first_micro_values, at::Tensor()) : critic_values(seq, mask);
           auto c_loss = ppo::critic_loss(values.slice(1, start), old_values.slice(1, start), returns, m, o_.ppo);
           critic_engine->backward(c_loss);
-          critic_nonfinite.skipped(critic_engine->step(), critic_engine->global_step(), "critic");
+          StepOptions together;
+          if (fp16_pair) {
+            const bool actor_overflow = actor_engine->gradients_overflowed();  // both asked: each is collective
+            const bool critic_overflow = critic_engine->gradients_overflowed();
+            together.skip = actor_overflow || critic_overflow;
+            if (together.skip) ++s.overflow_skips;
+            after_actor_step(actor_engine->step(together));
+          }
+          critic_nonfinite.skipped(critic_engine->step(together), critic_engine->global_step(), "critic");
           s.actor_loss += a_loss.item<double>();
           s.critic_loss += c_loss.item<double>();
           ++s.micro;
@@ -689,6 +710,7 @@ void Ppo::run(StageContext& ctx) {
     metrics.scalar("actor/loss", s.actor_loss / n, step);
     metrics.scalar("critic/loss", s.critic_loss / n, step);
     if (o_.enable_ptx) metrics.scalar("ptx/loss", s.ptx_loss / n, step);
+    if (fp16_pair) metrics.scalar("train/overflow_skipped_steps", static_cast<double>(s.overflow_skips), step);
     metrics.scalar("actor/lr", actor_engine->lr(), step);
     metrics.scalar("time/generation_s", buf_gen_s, step);
     metrics.scalar("time/experience_s", buf_exp_s, step);

@@ -87,8 +87,8 @@ class Reward : public Algorithm {
       for (auto i : indices) rows.push_back(&set[static_cast<size_t>(i)]);
       PairBatch batch = collate_pairs(rows, max_seq_len, pad_id);
       trim_right_padding(batch.attention_mask, {&batch.input_ids});
-      auto out = engine->forward(batch.input_ids, batch.attention_mask, /*return_hidden=*/true,
-                                 /*return_logits=*/false);
+      auto out = engine->forward(batch.input_ids, batch.attention_mask,
+                                 {.return_hidden = true, .return_logits = false});
       auto values = rm->values_from_hidden(out.hidden);
       return std::make_pair(reward_pair_loss(values, batch.input_ids, pad_id, npb),
                             batch.attention_mask.sum().item<int64_t>());

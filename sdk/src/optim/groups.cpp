@@ -7,6 +7,7 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include "dschat/sdk/loss_scale.h"
 #include "dschat/sdk/optim.h"
 
 namespace dschat {
@@ -117,6 +118,7 @@ TrainOptions read_train_options(const ConfigTable& t, const TrainDefaults& defau
   opt.num_warmup_steps = t.get_int("num_warmup_steps", 0, 0);
   opt.gradient_accumulation_steps = t.get_int("gradient_accumulation_steps", 1, 1);
   opt.gradient_checkpointing = t.get_bool("gradient_checkpointing", false);
+  read_loss_scale_options(t, opt);
   return o;
 }
 

@@ -10,6 +10,7 @@
 #include <ATen/core/grad_mode.h>
 #include <ATen/ops/isfinite.h>
 #include <ATen/ops/ones.h>
+#include <ATen/ops/stack.h>
 #include <c10/util/irange.h>
 #include <nlohmann/json.hpp>
 #include <torch/nn/utils/clip_grad.h>
@@ -24,6 +25,7 @@
 #include <fmt/format.h>
 
 #include "dschat/sdk/atomic_file.h"
+#include "dschat/sdk/loss_scale.h"
 #include "dschat/sdk/optim.h"
 #include "dschat/sdk/safetensors.h"
 
@@ -59,7 +61,7 @@ class LocalEngine : public Engine {
       if (p.param.scalar_type() == at::kHalf) fp16_ = true;
       weights_dtype_ = p.param.scalar_type();
     }
-    loss_scale_ = fp16_ ? options_.initial_loss_scale : 1.0;
+    loss_scale_ = DynamicLossScale(fp16_, options_);
     for (const auto& p : params_) {
       masters_.push_back(mixed_ ? p.param.detach().to(at::kFloat).clone() : p.param);
     }
@@ -89,8 +91,10 @@ class LocalEngine : public Engine {
                        options_.gradient_checkpointing ? ", activation checkpointing" : "");
   }
 
-  CausalLMOutput forward(const at::Tensor& input_ids, const at::Tensor& attention_mask, bool return_hidden,
-                         bool return_logits, int64_t logits_from) override {
+  using Engine::forward;
+  CausalLMOutput forward(const at::Tensor& input_ids, const at::Tensor& attention_mask,
+                         const ForwardOptions& options) override {
+    const int64_t logits_from = options.logits_from;
     TORCH_CHECK(logits_from >= 0 && logits_from < input_ids.size(-1), "logits_from ", logits_from,
                 " is outside the ", input_ids.size(-1), " positions");
     TORCH_CHECK(input_ids.dim() == 2, "input_ids must be [batch, tokens], got ", input_ids.sizes());
@@ -112,43 +116,54 @@ class LocalEngine : public Engine {
     }
     CausalLMOutput out;
     at::Tensor final = lm.final_hidden(hidden);
-    if (return_hidden) out.hidden = final;
-    if (return_logits)
+    if (options.return_hidden) out.hidden = final;
+    if (options.return_logits)
       out.logits = lm.lm_logits(logits_from > 0 ? final.narrow(1, logits_from, final.size(1) - logits_from) : final);
     return out;
   }
 
   void backward(const at::Tensor& loss) override {
     TORCH_CHECK(loss.numel() == 1, "backward: the loss must be a scalar, got ", loss.sizes());
-    const double scale = loss_scale_ / static_cast<double>(options_.gradient_accumulation_steps);
+    const double scale = loss_scale_.scale() / static_cast<double>(options_.gradient_accumulation_steps);
     (loss.to(at::kFloat) * scale).backward();
     ++micro_step_;
+    overflow_known_ = false;
   }
 
-  StepResult step() override {
+  bool gradients_overflowed() override {
+    if (!loss_scale_.enabled() || !at_boundary()) return false;
+    if (!overflow_known_) {  // one reading of the device for all the gradients
+      std::vector<at::Tensor> finite;
+      for (const auto& p : params_)
+        if (p.param.grad().defined()) finite.push_back(at::isfinite(p.param.grad()).all());
+      overflow_ = !finite.empty() && !at::stack(finite).all().item<bool>();
+      overflow_known_ = true;
+    }
+    return overflow_;
+  }
+
+  using Engine::step;
+  StepResult step(const StepOptions& options) override {
     StepResult result;
-    result.loss_scale = loss_scale_;
-    if (micro_step_ == 0 || micro_step_ % options_.gradient_accumulation_steps != 0) return result;
+    result.loss_scale = loss_scale_.scale();
+    if (!at_boundary()) return result;
     result.boundary = true;
     at::NoGradGuard no_grad;
+    const bool overflowed = gradients_overflowed();
+    if (overflowed || options.skip) {  // DeepSpeed: skip the step (and the scheduler); halve the scale if ours
+      if (overflowed) loss_scale_.overflowed();
+      zero_grad();
+      result.overflow = true;
+      return result;
+    }
 
     std::vector<at::Tensor> with_grad;
     for (size_t i = 0; i < params_.size(); ++i) {
       const at::Tensor& g = params_[i].param.grad();
       if (!g.defined()) continue;
       if (mixed_) masters_[i].mutable_grad() = g.to(at::kFloat);
-      if (loss_scale_ != 1.0) masters_[i].mutable_grad().div_(loss_scale_);
+      if (loss_scale_.scale() != 1.0) masters_[i].mutable_grad().div_(loss_scale_.scale());
       with_grad.push_back(masters_[i]);
-    }
-    if (fp16_) {
-      bool overflow = false;
-      for (const auto& m : with_grad) overflow = overflow || !at::isfinite(m.grad()).all().item<bool>();
-      if (overflow) {  // DeepSpeed: skip the step (and the scheduler), halve the scale
-        loss_scale_ = std::max(options_.min_loss_scale, loss_scale_ / 2.0);
-        good_steps_ = 0;
-        zero_grad();
-        return result;
-      }
     }
     if (!with_grad.empty()) {
       if (options_.max_grad_norm > 0) {
@@ -173,7 +188,7 @@ class LocalEngine : public Engine {
     }
     zero_grad();
     ++global_step_;
-    if (fp16_ && ++good_steps_ % options_.loss_scale_window == 0) loss_scale_ *= 2.0;
+    loss_scale_.applied();
     result.applied = true;
     return result;
   }
@@ -226,10 +241,12 @@ class LocalEngine : public Engine {
     std::vector<std::pair<std::string, at::Tensor>> rng{{"cpu", generator_state(at::kCPU)}};
     if (!device_.is_cpu()) rng.emplace_back(device_.str(), generator_state(device_));
     safetensors::save_file(tmp / "rng.safetensors", rng);
-    nlohmann::json state = {{"global_step", global_step_},   {"micro_step", micro_step_},
-                            {"loss_scale", loss_scale_},     {"good_steps", good_steps_},
-                            {"lr_scheduler", options_.lr_scheduler}, {"total_steps", options_.total_steps},
+    nlohmann::json state = {{"global_step", global_step_},
+                            {"micro_step", micro_step_},
+                            {"lr_scheduler", options_.lr_scheduler},
+                            {"total_steps", options_.total_steps},
                             {"client_state", client_state}};
+    loss_scale_.save_to(state);
     write_file_atomic(tmp / "engine.json", state.dump(2) + "\n");
 
     // Swap the finished folder into place; a crash before this leaves only the *.tmp-* folder.
@@ -282,8 +299,7 @@ class LocalEngine : public Engine {
       set_generator_state(device_, rng->tensor(device_.str()).clone());
     global_step_ = state.at("global_step").get<int64_t>();
     micro_step_ = state.at("micro_step").get<int64_t>();
-    loss_scale_ = state.at("loss_scale").get<double>();
-    good_steps_ = state.at("good_steps").get<int64_t>();
+    loss_scale_.restore_from(state);
     return state.value("client_state", nlohmann::json::object());
   }
 
@@ -298,6 +314,8 @@ class LocalEngine : public Engine {
     std::lock_guard<std::mutex> lock(gen.mutex());
     gen.set_state(state);
   }
+
+  bool at_boundary() const { return micro_step_ > 0 && micro_step_ % options_.gradient_accumulation_steps == 0; }
 
   void zero_grad() {
     for (size_t i = 0; i < params_.size(); ++i) {
@@ -343,8 +361,9 @@ class LocalEngine : public Engine {
   std::vector<at::Tensor> exp_avg_, exp_avg_sq_, steps_;  // per parameter; undefined until its first update
   bool mixed_ = false, fp16_ = false;
   at::ScalarType weights_dtype_ = at::kFloat;
-  int64_t global_step_ = 0, micro_step_ = 0, good_steps_ = 0;
-  double loss_scale_ = 1.0;
+  int64_t global_step_ = 0, micro_step_ = 0;
+  DynamicLossScale loss_scale_;
+  bool overflow_known_ = false, overflow_ = false;  // gradients_overflowed() for the current boundary
 };
 
 }  // namespace

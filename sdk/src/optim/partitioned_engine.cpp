@@ -16,14 +16,17 @@
 
 #include <cmath>
 #include <deque>
+#include <optional>
 #include <iostream>
 #include <unordered_map>
 
 #include <fmt/format.h>
 
 #include "dschat/sdk/atomic_file.h"
+#include "dschat/sdk/copy_stream.h"
 #include "dschat/sdk/cpu_adam.h"
 #include "dschat/sdk/distributed.h"
+#include "dschat/sdk/loss_scale.h"
 #include "dschat/sdk/optim.h"
 #include "dschat/sdk/partitioned_engine.h"
 
@@ -67,6 +70,8 @@ struct Unit {
   at::Tensor master, exp_avg, exp_avg_sq;  // fp32 [shard], on the optimizer's device
   at::Tensor grad_shard;                   // stage >= 2: fp32 [shard], accumulated over micro-steps
   at::Tensor reduced_grads;                // stage <= 1: fp32 [padded], all-reduced at the boundary
+  at::Tensor host_grad;                    // offload from a GPU: pinned fp32 [shard], the boundary's slice
+  bool host_grad_ready = false;            // copied down (on the side stream) during the boundary's backward
   int ready = 0;
   bool reduced = false;
   // stage 3
@@ -102,16 +107,21 @@ class PartitionedEngine : public Engine {
     TORCH_CHECK(!partitioning_.offload_parameters || stage_ == 3,
                 "offload_parameters needs zero stage 3 (only then are the weights partitioned)");
     param_shard_device_ = partitioning_.offload_parameters ? at::Device(at::kCPU) : device_;
+    copies_ = std::make_unique<CopyStream>(device_);
     module_->to(device_);
     params_ = trainable_parameters(*module_);
     TORCH_CHECK(!params_.empty(), "make_engine: no parameter of the model requires grad (nothing to train)");
     for (const auto& p : params_) {
-      TORCH_CHECK(p.param.scalar_type() == at::kFloat || p.param.scalar_type() == at::kBFloat16, "parameter ",
-                  p.name, " is ", dtype_label(p.param.scalar_type()),
-                  ": the ddp / zero strategies train fp32 or bf16 models (fp16 needs the single strategy's loss "
-                  "scaling)");
+      TORCH_CHECK(p.param.scalar_type() == at::kFloat || p.param.scalar_type() == at::kBFloat16 ||
+                      p.param.scalar_type() == at::kHalf,
+                  "parameter ", p.name, " is ", dtype_label(p.param.scalar_type()),
+                  ": the ddp / zero strategies train fp32, bf16 or fp16 models");
+      TORCH_CHECK(p.param.scalar_type() == params_.front().param.scalar_type(), "parameter ", p.name, " is ",
+                  dtype_label(p.param.scalar_type()), ", ", params_.front().name, " ",
+                  dtype_label(params_.front().param.scalar_type()), ": ddp / zero train one dtype per model");
       weights_dtype_ = p.param.scalar_type();
     }
+    loss_scale_ = DynamicLossScale(weights_dtype_ == at::kHalf, options_);
     for (auto kind : {ParamGroupKind::decay, ParamGroupKind::lora, ParamGroupKind::no_decay}) {
       base_lr_[static_cast<int>(kind)] =
           kind == ParamGroupKind::lora ? options_.lora_learning_rate : options_.learning_rate;
@@ -149,7 +159,9 @@ class PartitionedEngine : public Engine {
                        comm_.backend(), dtype_label(weights_dtype_), stage_ == 0 ? "copy" : "slices",
                        std::string(partitioning_.offload_optimizer ? ", optimizer offloaded to host (CPU Adam)" : "") +
                            (partitioning_.offload_parameters ? ", weight slices in host memory" : ""),
-                       options_.gradient_checkpointing || stage_ == 3 ? ", blocks recomputed in backward" : "");
+                       std::string(options_.gradient_checkpointing || stage_ == 3 ? ", blocks recomputed in backward"
+                                                                                   : "") +
+                           (loss_scale_.enabled() ? ", dynamic loss scale" : ""));
   }
 
   MemoryFootprint memory() const override {
@@ -175,8 +187,11 @@ class PartitionedEngine : public Engine {
     // Stages 0-1 reduce once per optimizer step (gradients accumulate locally, like DDP's no_sync); stages 2-3
     // reduce every micro-step so that no rank ever keeps more than its slice.
     reducing_ = stage_ >= 2 || boundary;
+    boundary_backward_ = boundary;
+    boundary_.reset();
     for (auto& unit : units_) unit.ready = 0, unit.reduced = false;
-    (loss.to(at::kFloat) / static_cast<double>(options_.gradient_accumulation_steps)).backward();
+    (loss.to(at::kFloat) * (loss_scale_.scale() / static_cast<double>(options_.gradient_accumulation_steps)))
+        .backward();
     if (reducing_) {
       // Units whose gradients the hooks did not see complete (the empty closing step of an epoch, parameters
       // unused by this loss): reduced now, in the same order on every rank.
@@ -190,38 +205,26 @@ class PartitionedEngine : public Engine {
     ++micro_step_;
   }
 
-  StepResult step() override {
+  bool gradients_overflowed() override {
+    return loss_scale_.enabled() && at_boundary() && !std::isfinite(boundary_gradients().norm);
+  }
+
+  using Engine::step;
+  StepResult step(const StepOptions& options) override {
     StepResult result;
-    if (micro_step_ == 0 || micro_step_ % options_.gradient_accumulation_steps != 0) return result;
+    result.loss_scale = loss_scale_.scale();
+    if (!at_boundary()) return result;
     result.boundary = true;
     at::NoGradGuard no_grad;
-    // This rank's slice of the averaged gradient of every unit.
-    // GPU -> host (offload): every slice's copy queued, one wait, then the host reads them. The squares are summed
-    // where the slices are and read once: one synchronisation per step, not one per unit.
-    std::vector<at::Tensor> grads;
-    const bool to_host = optimizer_device_ != device_;
-    for (auto& unit : units_) {
-      at::Tensor g = stage_ >= 2 ? unit.grad_shard
-                                 : unit.reduced_grads.defined()
-                                       ? unit.reduced_grads.narrow(0, unit.shard_begin, unit.shard)
-                                       : at::zeros({unit.shard}, at::TensorOptions(device_).dtype(at::kFloat));
-      grads.push_back(to_host ? g.to(optimizer_device_, /*non_blocking=*/device_.is_cuda()) : g);
-    }
-    if (to_host) synchronize(device_);
-    at::Tensor square_sum = at::zeros({}, at::TensorOptions(optimizer_device_).dtype(at::kDouble));
-    for (auto& g : grads) {
-      g.div_(static_cast<double>(world_size_));
-      square_sum += g.to(at::kDouble).pow(2).sum();
-    }
-    double squares = square_sum.item<double>();
-    if (stage_ >= 1) squares = comm_.sum(squares);  // the slices partition the gradient
-    result.grad_norm = std::sqrt(squares);
-    if (!std::isfinite(result.grad_norm)) {  // NaN/inf gradients (every rank sees the same norm): skip alike
-      for (auto& unit : units_) {
-        if (unit.grad_shard.defined()) unit.grad_shard.zero_();
-        unit.reduced_grads.reset();
-      }
-      result.nonfinite = true;
+    std::vector<at::Tensor> grads = std::move(boundary_gradients().slices);
+    result.grad_norm = boundary_->norm;
+    boundary_.reset();
+    const bool finite = std::isfinite(result.grad_norm);  // every rank sees the same norm: all skip alike
+    if (!finite || options.skip) {
+      if (!finite && loss_scale_.enabled()) loss_scale_.overflowed();  // fp16: DeepSpeed halves the scale
+      result.overflow = options.skip || loss_scale_.enabled();
+      result.nonfinite = !result.overflow;  // NaN/inf gradients of an fp32 / bf16 model
+      clear_gradients();
       return result;
     }
     if (options_.max_grad_norm > 0) {
@@ -235,11 +238,9 @@ class PartitionedEngine : public Engine {
     for (size_t u = 0; u < units_.size(); ++u) adamw(units_[u], grads[u], mult);
     result.lr = first_group_lr_ * mult;
     publish_weights();
-    for (auto& unit : units_) {
-      if (unit.grad_shard.defined()) unit.grad_shard.zero_();
-      unit.reduced_grads.reset();
-    }
+    clear_gradients();
     ++global_step_;
+    loss_scale_.applied();
     result.applied = true;
     return result;
   }
@@ -252,8 +253,10 @@ class PartitionedEngine : public Engine {
   void train(bool on) override { module_->train(on); }
 
   // ---- forward ----------------------------------------------------------------------------------------------
-  CausalLMOutput forward(const at::Tensor& input_ids, const at::Tensor& attention_mask, bool return_hidden,
-                         bool return_logits, int64_t logits_from) override {
+  using Engine::forward;
+  CausalLMOutput forward(const at::Tensor& input_ids, const at::Tensor& attention_mask,
+                         const ForwardOptions& options) override {
+    const int64_t logits_from = options.logits_from;
     TORCH_CHECK(logits_from >= 0 && logits_from < input_ids.size(-1), "logits_from ", logits_from,
                 " is outside the ", input_ids.size(-1), " positions");
     TORCH_CHECK(input_ids.dim() == 2, "input_ids must be [batch, tokens], got ", input_ids.sizes());
@@ -285,8 +288,8 @@ class PartitionedEngine : public Engine {
     }
     CausalLMOutput out;
     at::Tensor final = lm.final_hidden(hidden);
-    if (return_hidden) out.hidden = final;
-    if (return_logits)
+    if (options.return_hidden) out.hidden = final;
+    if (options.return_logits)
       out.logits = lm.lm_logits(logits_from > 0 ? final.narrow(1, logits_from, final.size(1) - logits_from) : final);
     if (stage_ == 3 && !grad) release(units_[0]);
     return out;
@@ -341,6 +344,7 @@ class PartitionedEngine : public Engine {
                               {"micro_step", micro_step_}, {"adam_step", adam_step_},
                               {"world_size", world_size_}, {"zero_stage", stage_},
                               {"client_state", client_state}};
+      loss_scale_.save_to(state);
       write_file_atomic(tmp / "engine.json", state.dump(2) + "\n");  // last: marks the folder complete
       if (fs::exists(dir)) {
         const fs::path old = parent / (dir.filename().string() + ".old");
@@ -402,6 +406,7 @@ class PartitionedEngine : public Engine {
     global_step_ = state.at("global_step").get<int64_t>();
     micro_step_ = state.at("micro_step").get<int64_t>();
     adam_step_ = state.at("adam_step").get<int64_t>();
+    loss_scale_.restore_from(state);
     return state.value("client_state", nlohmann::json::object());
   }
 
@@ -462,6 +467,7 @@ class PartitionedEngine : public Engine {
         unit.exp_avg_sq = unit.exp_avg_sq.pin_memory();
       }
       if (stage_ >= 2) unit.grad_shard = at::zeros({unit.shard}, at::TensorOptions(device_).dtype(at::kFloat));
+      if (optimizer_device_.is_cpu() && device_.is_cuda()) unit.host_grad = at::empty({unit.shard}, fp32).pin_memory();
       if (stage_ == 3) unit.param_shard = slice.to(param_shard_device_, /*non_blocking=*/false, /*copy=*/true);
       if (stage_ == 3 && param_shard_device_.is_cpu() && device_.is_cuda()) unit.param_shard = unit.param_shard.pin_memory();
       if (unit.block >= 0) unit_of_block_.push_back(&unit);
@@ -528,12 +534,69 @@ class PartitionedEngine : public Engine {
     } else {
       job.unit->grad_shard.add_(job.slice);
     }
+    // Offload: the boundary's finished slice goes down on the side stream while backward works on earlier units.
+    if (boundary_backward_ && job.unit->host_grad.defined()) {
+      copies_->copy(job.unit->host_grad, device_gradient_slice(*job.unit));
+      job.unit->host_grad_ready = true;
+    }
   }
   void finish_reductions() {
     while (!in_flight_.empty()) finish_oldest();
   }
 
   // ---- the optimizer on this rank's slices -------------------------------------------------------------------
+  bool at_boundary() const { return micro_step_ > 0 && micro_step_ % options_.gradient_accumulation_steps == 0; }
+
+  // This rank's slice of every unit's gradient, averaged over ranks and unscaled, and the total norm (one
+  // collective); made once per boundary, by gradients_overflowed() or step().
+  // GPU -> host (offload): every slice's copy queued, one wait, then the host reads them. The squares are summed
+  // where the slices are and read once: one synchronisation per step, not one per unit.
+  struct BoundaryGradients {
+    std::vector<at::Tensor> slices;
+    double norm = 0.0;
+  };
+  BoundaryGradients& boundary_gradients() {
+    if (boundary_) return *boundary_;
+    BoundaryGradients b;
+    const bool to_host = optimizer_device_ != device_;
+    if (to_host) copies_->wait_for_host();  // the slices the backward already sent down
+    for (auto& unit : units_) {
+      if (to_host && unit.host_grad_ready) {
+        b.slices.push_back(unit.host_grad);
+        continue;
+      }
+      at::Tensor g = device_gradient_slice(unit);
+      b.slices.push_back(to_host ? g.to(optimizer_device_, /*non_blocking=*/device_.is_cuda()) : g);
+    }
+    if (to_host) synchronize(device_);
+    at::Tensor square_sum = at::zeros({}, at::TensorOptions(optimizer_device_).dtype(at::kDouble));
+    const double divisor = static_cast<double>(world_size_) * loss_scale_.scale();
+    for (auto& g : b.slices) {
+      g.div_(divisor);
+      square_sum += g.to(at::kDouble).pow(2).sum();
+    }
+    double squares = square_sum.item<double>();
+    if (stage_ >= 1) squares = comm_.sum(squares);  // the slices partition the gradient
+    b.norm = std::sqrt(squares);
+    boundary_ = std::move(b);
+    return *boundary_;
+  }
+
+  // This rank's slice of a unit's reduced gradient, on the device (zeros if nothing was reduced into it).
+  at::Tensor device_gradient_slice(const Unit& unit) const {
+    if (stage_ >= 2) return unit.grad_shard;
+    if (unit.reduced_grads.defined()) return unit.reduced_grads.narrow(0, unit.shard_begin, unit.shard);
+    return at::zeros({unit.shard}, at::TensorOptions(device_).dtype(at::kFloat));
+  }
+
+  void clear_gradients() {
+    for (auto& unit : units_) {
+      if (unit.grad_shard.defined()) unit.grad_shard.zero_();
+      unit.reduced_grads.reset();
+      unit.host_grad_ready = false;
+    }
+  }
+
   void adamw(Unit& unit, const at::Tensor& grad, double multiplier) {
     for (const auto& seg : unit.segments) {
       const int group = static_cast<int>(params_[seg.param].group);
@@ -559,10 +622,28 @@ class PartitionedEngine : public Engine {
   }
 
   // The updated slices become the weights every rank computes with.
+  // Offload from a GPU: every updated fp32 slice goes up on the side stream (the host queues the next at once) and
+  // the current stream waits for them all before it converts and gathers; otherwise the slice itself.
+  std::vector<at::Tensor> updated_slices_on(at::Device where) {
+    std::vector<at::Tensor> slices;
+    for (auto& unit : units_) {
+      if (unit.master.device() == where) {
+        slices.push_back(unit.master);
+        continue;
+      }
+      slices.push_back(at::empty({unit.shard}, at::TensorOptions(where).dtype(at::kFloat)));
+      copies_->copy(slices.back(), unit.master);
+    }
+    copies_->wait_for_compute();
+    return slices;
+  }
+
   void publish_weights() {
     if (stage_ == 3) {
-      for (auto& unit : units_) {
-        unit.param_shard.copy_(unit.master);
+      auto slices = updated_slices_on(param_shard_device_);
+      for (size_t u = 0; u < units_.size(); ++u) {
+        Unit& unit = units_[u];
+        unit.param_shard.copy_(slices[u]);
         if (unit.persistent) {  // refreshed whole right away
           unit.assigned = false;
           unit.whole.reset();
@@ -581,9 +662,10 @@ class PartitionedEngine : public Engine {
     // Stages 1-2: every unit's slices all-gathered (all started, then consumed in order).
     std::vector<at::Tensor> sources, wholes;
     std::vector<PendingCollective> gathers;
-    for (auto& unit : units_) {
-      sources.push_back(unit.master.to(device_, weights_dtype_));
-      wholes.push_back(at::empty({unit.padded}, sources.back().options()));
+    auto slices = updated_slices_on(device_);
+    for (size_t u = 0; u < units_.size(); ++u) {
+      sources.push_back(slices[u].to(weights_dtype_));
+      wholes.push_back(at::empty({units_[u].padded}, sources.back().options()));
       gathers.push_back(comm_.all_gather_async(wholes.back(), sources.back()));
     }
     for (size_t u = 0; u < units_.size(); ++u) {
@@ -669,7 +751,11 @@ class PartitionedEngine : public Engine {
   double base_lr_[3] = {0, 0, 0}, weight_decay_[3] = {0, 0, 0};
   double first_group_lr_ = 0.0;  // reported lr: the first non-empty group's, as the single engine does
   bool reducing_ = false;
+  bool boundary_backward_ = false;  // the backward running now ends an accumulation
+  std::unique_ptr<CopyStream> copies_;  // host <-> GPU transfers of offload, beside the compute
   int64_t global_step_ = 0, micro_step_ = 0, adam_step_ = 0;
+  DynamicLossScale loss_scale_;
+  std::optional<BoundaryGradients> boundary_;  // this boundary's gradients, once made
 };
 
 }  // namespace

@@ -8,6 +8,7 @@
 //     auto out = engine->forward(ids, mask);          // embed -> blocks (wrapped by the strategy) -> head
 //     engine->backward(loss);                          // loss / gradient_accumulation_steps (x loss scale)
 //     auto step = engine->step();                      // optimizer step at accumulation boundaries only
+//     (fp16 with two engines per micro-batch: ask gradients_overflowed() of both, then step({.skip = either}))
 //   }
 //
 // The optimizer is DeepSpeed-Chat's: AdamW, betas (0.9, 0.95), three parameter groups (decay / no-decay /
@@ -60,6 +61,23 @@ struct StepResult {
   double grad_norm = 0.0;  // total norm before clipping (at a boundary)
   double lr = 0.0;         // the lr the step used (first group)
   double loss_scale = 1.0;
+  bool overflow = false;  // fp16: skipped for an overflow, this engine's (its loss scale halved) or a partner's
+};
+
+// What Engine::forward returns.
+struct ForwardOptions {
+  bool return_hidden = false;  // the final hidden states, all T positions (a value head reads them)
+  bool return_logits = true;
+  // Logits only for positions >= logits_from ([B, T - logits_from, V]): PPO reads the answer positions only, and
+  // the LM head over the prompt would cost B x P x V for nothing.
+  int64_t logits_from = 0;
+};
+
+// What step() is told beyond its own checks.
+struct StepOptions {
+  // Skip this boundary's update as if it had overflowed, leaving this engine's loss scale alone: another engine
+  // trained on the same micro-batch overflowed (PPO's actor and critic skip together, see gradients_overflowed).
+  bool skip = false;
 };
 
 // What one rank holds for a trained model, in bytes (DESIGN §6 memory accounting). ZeRO divides optimizer
@@ -80,15 +98,22 @@ class DSCHAT_SDK_API Engine {
   virtual std::string describe() const = 0;  // "single process, cpu, bf16 + fp32 master weights"
 
   // The LM's forward through the strategy's wrapped blocks (activation checkpointing, shard gathering).
-  // input_ids / attention_mask [B, T] (moved to device()). Logits only for positions >= logits_from
-  // ([B, T - logits_from, V]): PPO reads the answer positions only, and the LM head over the prompt would cost
-  // B x P x V for nothing. The hidden states are always all T positions.
+  // input_ids / attention_mask [B, T] (moved to device()); what comes back is chosen by ForwardOptions.
   virtual CausalLMOutput forward(const at::Tensor& input_ids, const at::Tensor& attention_mask,
-                                 bool return_hidden = false, bool return_logits = true, int64_t logits_from = 0) = 0;
+                                 const ForwardOptions& options) = 0;
+  CausalLMOutput forward(const at::Tensor& input_ids, const at::Tensor& attention_mask) {
+    return forward(input_ids, attention_mask, ForwardOptions{});
+  }
   // loss / gradient_accumulation_steps (times the loss scale for fp16) -> backward.
   virtual void backward(const at::Tensor& loss) = 0;
+  // fp16 (dynamic loss scale): whether the gradients accumulated for the coming boundary overflowed, the same
+  // answer on every rank; false for fp32 / bf16 and between boundaries. Collective under ddp / zero (every rank
+  // asks at the same point). An algorithm that steps several engines per micro-batch asks each of them first and
+  // passes StepOptions{.skip = any} to every step(), so one overflow skips them all.
+  virtual bool gradients_overflowed() { return false; }
   // Call after every backward. At an accumulation boundary: unscale, clip, AdamW step, scheduler step, zero grads.
-  virtual StepResult step() = 0;
+  virtual StepResult step(const StepOptions& options) = 0;
+  StepResult step() { return step(StepOptions{}); }
   virtual double lr() const = 0;               // lr of the first group for the next optimizer step
   virtual int64_t global_step() const = 0;     // optimizer steps applied so far
   virtual void train(bool on = true) = 0;
@@ -109,7 +134,7 @@ class DSCHAT_SDK_API Engine {
 class DSCHAT_SDK_API Strategy {
  public:
   static constexpr const char* kind = "strategy";
-  static constexpr int interface_version = 2;
+  static constexpr int interface_version = 3;  // 3: ForwardOptions, StepOptions, gradients_overflowed
   virtual ~Strategy() = default;
 
   virtual std::string describe() const = 0;  // e.g. "zero stage 2, offload optimizer"
