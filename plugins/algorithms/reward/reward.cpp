@@ -50,16 +50,9 @@ class Reward : public Algorithm {
     auto base = context.load_model("model");
     if (options_.dtype) base->to(*options_.dtype);
     auto rm = std::make_shared<RewardModel>(base);
-    if (options_.lora_dim > 0) {
-      auto targets = options_.lora_targets.empty() ? handle.family->lora_target_modules() : options_.lora_targets;
-      LoraOptions lora;
-      lora.rank = options_.lora_dim;
-      lora.scale = options_.lora_scaling / static_cast<double>(options_.lora_dim);
-      size_t n = enable_lora_where(*rm->base, options_.lora_module_name, targets, lora);
-      std::cout << fmt::format("stage {}: LoRA rank {} on {} linears\n", context.stage_name(), lora.rank, n);
-      // DeepSpeed-Chat freezes the value head too here; a frozen random head cannot learn a ranking, so it trains.
-      if (options_.only_optimize_lora) freeze_all_but_lora(*rm, {"v_head"});
-    }
+    // DeepSpeed-Chat freezes the value head too with only_optimize_lora; a frozen random head cannot learn a
+    // ranking, so it trains.
+    apply_lora(context, *rm, *handle.family, options_, {"v_head"});
     const auto& data = context.data();
     const auto& train = data.tokenized(Phase::reward, false, *tokenizer);
     const auto& eval = data.tokenized(Phase::reward, true, *tokenizer);

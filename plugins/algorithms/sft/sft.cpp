@@ -49,15 +49,7 @@ class Sft : public Algorithm {
     auto tokenizer = context.tokenizer("model");
     auto lm = context.load_model("model");
     if (options_.dtype) lm->to(*options_.dtype);
-    if (options_.lora_dim > 0) {
-      auto targets = options_.lora_targets.empty() ? handle.family->lora_target_modules() : options_.lora_targets;
-      LoraOptions lora;
-      lora.rank = options_.lora_dim;
-      lora.scale = options_.lora_scaling / static_cast<double>(options_.lora_dim);
-      size_t n = enable_lora_where(*lm, options_.lora_module_name, targets, lora);
-      std::cout << fmt::format("stage {}: LoRA rank {} on {} linears\n", context.stage_name(), lora.rank, n);
-      if (options_.only_optimize_lora) freeze_all_but_lora(*lm);
-    }
+    apply_lora(context, *lm, *handle.family, options_);
     const auto& data = context.data();
     const auto& train = data.tokenized(Phase::sft, false, *tokenizer);
     const auto& eval = data.tokenized(Phase::sft, true, *tokenizer);

@@ -108,6 +108,19 @@ void report_memory(StageContext& context, const Engine& engine, const std::strin
   }
 }
 
+void apply_lora(StageContext& context, torch::nn::Module& module, const ModelFamily& family,
+                const TrainOptions& options, const std::vector<std::string>& keep) {
+  if (options.lora_dim == 0) return;
+  const auto& targets = options.lora_targets.empty() ? family.lora_target_modules() : options.lora_targets;
+  LoraOptions lora;
+  lora.rank = options.lora_dim;
+  lora.scale = options.lora_scaling / static_cast<double>(options.lora_dim);
+  const size_t n = enable_lora_where(module, options.lora_module_name, targets, lora);
+  std::cout << fmt::format("stage {}: LoRA rank {} on {} linears{}\n", context.stage_name(), lora.rank, n,
+                           options.only_optimize_lora ? ", only the adapters trained" : "");
+  if (options.only_optimize_lora) freeze_all_but_lora(module, keep);
+}
+
 bool NonFiniteGuard::skipped(const StepResult& step, int64_t global_step, const std::string& what) {
   if (!step.boundary) return false;
   if (!step.nonfinite) {

@@ -66,6 +66,12 @@ class DSCHAT_SDK_API NonFiniteGuard {
   int64_t total_ = 0;
 };
 
+// The stage's LoRA when options.lora_dim > 0: adapters on the family's lora_target_modules() (or lora_targets)
+// under lora_module_name, scaled lora_scaling / lora_dim; with only_optimize_lora every other parameter frozen
+// except names containing one of `keep`. Prints what it did; no-op for lora_dim 0.
+DSCHAT_SDK_API void apply_lora(StageContext& context, torch::nn::Module& module, const ModelFamily& family,
+                               const TrainOptions& options, const std::vector<std::string>& keep = {});
+
 struct TrainLoopCallbacks {
   // Forward + engine.backward on one micro-batch; returns the (unscaled) loss value and the tokens it covered.
   std::function<std::pair<double, int64_t>(const std::vector<int64_t>& example_indices)> micro_batch;
