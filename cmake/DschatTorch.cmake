@@ -23,7 +23,10 @@ set(CMAKE_CUDA_STANDARD 17)
 find_package(Torch 2.11 REQUIRED CONFIG)
 get_filename_component(DSCHAT_TORCH_LIB_DIR "${TORCH_INSTALL_PREFIX}/lib" ABSOLUTE)
 if(DSCHAT_CUDA)
-  set(DSCHAT_TORCH_LIBRARIES torch)
+  # Not `torch`: it adds libtorch.so, a shim that exports its own copy of std::filesystem, and an executable
+  # bound to that copy crashed in remove_all (a call through a null pointer). torch_cuda_library is torch_cuda
+  # linked --no-as-needed, so its CUDA kernels register even where no symbol of it is referenced.
+  set(DSCHAT_TORCH_LIBRARIES torch_cpu_library torch_cuda_library)
 else()
   set(DSCHAT_TORCH_LIBRARIES torch_cpu c10)
 endif()

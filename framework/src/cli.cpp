@@ -162,8 +162,9 @@ void print_version() {
   auto fp = this_build_fingerprint();
   std::cout << fmt::format("dschat {} (plugin ABI {}.{})\n", DSCHAT_VERSION, DSCHAT_ABI_MAJOR, DSCHAT_ABI_MINOR)
             << fmt::format("LibTorch {}\n", fp.torch_version)
-            << fmt::format("build fingerprint: torch_version={} cxx11_abi={} compiler=\"{}\" libstdcxx_release={} cuda={}\n",
-                           fp.torch_version, fp.cxx11_abi, fp.compiler, fp.libstdcxx_release, fp.cuda);
+            << fmt::format("build fingerprint: torch_version={} cxx11_abi={} compiler=\"{}\" libstdcxx_release={} cuda={} "
+                           "sdk_headers={}\n",
+                           fp.torch_version, fp.cxx11_abi, fp.compiler, fp.libstdcxx_release, fp.cuda, fp.sdk_headers);
   std::string problem;
   auto accelerators = list_accelerators(&problem);
   if (accelerators.empty()) std::cout << "accelerators: none (" << problem << ")\n";

@@ -122,6 +122,10 @@ std::vector<std::string> fingerprint_mismatches(const dschat_build_fingerprint& 
                               found.libstdcxx_release));
   if (str(found.cuda) != host.cuda)
     out.push_back(fmt::format("cuda: expected {}, found {}", host.cuda, str(found.cuda)));
+  if (str(found.sdk_headers) != host.sdk_headers)
+    out.push_back(fmt::format("sdk_headers: expected {}, found {} (built against other SDK headers: rebuild the "
+                              "plugin against this dschat's SDK)",
+                              host.sdk_headers, str(found.sdk_headers)));
   return out;
 }
 }  // namespace

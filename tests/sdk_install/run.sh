@@ -18,3 +18,19 @@ if ls "$work/prefix/lib/dschat/plugins/"*.so >/dev/null 2>&1; then
   echo "$table" | grep -E "\(default folder\)" >/dev/null
 fi
 echo "third-party plugin built against the installed SDK: ok"
+
+# The same plugin built against changed SDK headers (one field added to an interface struct) is refused by the
+# installed host, naming the mismatch, instead of being run with the wrong layout.
+cp -r "$work/prefix" "$work/prefix-changed"
+header="$work/prefix-changed/include/dschat/sdk/strategy.h"
+sed -i 's/^struct StepResult {$/struct StepResult {\n  int field_added_by_the_test = 0;/' "$header"
+grep -q field_added_by_the_test "$header" || { echo "could not change $header"; exit 1; }
+cmake -S "$source_dir/tests/sdk_install/hello" -B "$work/hello-changed" -G Ninja \
+      -DCMAKE_PREFIX_PATH="$work/prefix-changed" -DTorch_DIR="$torch_dir" >"$work/configure-changed.log" 2>&1 ||
+  { cat "$work/configure-changed.log"; exit 1; }
+ninja -C "$work/hello-changed" >"$work/build-changed.log" 2>&1 || { cat "$work/build-changed.log"; exit 1; }
+table="$("$work/prefix/bin/dschat" plugins --path "$work/hello-changed/libdschat-hello.so")"
+echo "$table"
+echo "$table" | grep -E "rejected: build fingerprint differs: sdk_headers: expected [0-9a-f]{16}, found [0-9a-f]{16}" \
+  >/dev/null || { echo "the plugin built against changed SDK headers was not refused"; exit 1; }
+echo "plugin built against changed SDK headers: refused"

@@ -8,7 +8,7 @@
 
 #include "dschat/sdk/export.h"
 
-#define DSCHAT_ABI_MAJOR 1
+#define DSCHAT_ABI_MAJOR 2  // 2: the fingerprint carries the SDK headers' hash
 #define DSCHAT_ABI_MINOR 0
 
 #define DSCHAT_STRINGIFY_(x) #x
@@ -32,6 +32,14 @@
 #ifndef DSCHAT_FINGERPRINT_LIBSTDCXX
 #define DSCHAT_FINGERPRINT_LIBSTDCXX _GLIBCXX_RELEASE
 #endif
+// The hash of the SDK headers compiled against (sdk/cmake/DschatSdkHash.cmake generates the header, in-tree and
+// for plugins built with find_package(dschat)); a plugin built without it says "unknown" and is refused.
+#if __has_include("dschat/sdk_headers_hash.h")
+#include "dschat/sdk_headers_hash.h"
+#endif
+#ifndef DSCHAT_FINGERPRINT_SDK_HEADERS
+#define DSCHAT_FINGERPRINT_SDK_HEADERS "unknown"
+#endif
 #ifndef DSCHAT_FINGERPRINT_CUDA
 #define DSCHAT_FINGERPRINT_CUDA "cpu"  // the CUDA build defines it as the toolkit's major.minor
 #endif
@@ -44,6 +52,7 @@ struct dschat_build_fingerprint {
   const char* compiler;       // "gcc 12.2.0"
   int libstdcxx_release;      // _GLIBCXX_RELEASE
   const char* cuda;           // "13.0" or "cpu"
+  const char* sdk_headers;    // DSCHAT_FINGERPRINT_SDK_HEADERS: 16 hex digits of the public headers' sha256
 };
 
 // Registers the library's factories into the registrar handed over by the host (a dschat::Registrar*).
@@ -69,6 +78,6 @@ namespace dschat {
 // The fingerprint of whatever translation unit includes this header: the host's own, or a plugin's.
 inline dschat_build_fingerprint this_build_fingerprint() {
   return {DSCHAT_FINGERPRINT_TORCH, DSCHAT_FINGERPRINT_CXX11_ABI, DSCHAT_FINGERPRINT_COMPILER,
-          DSCHAT_FINGERPRINT_LIBSTDCXX, DSCHAT_FINGERPRINT_CUDA};
+          DSCHAT_FINGERPRINT_LIBSTDCXX, DSCHAT_FINGERPRINT_CUDA, DSCHAT_FINGERPRINT_SDK_HEADERS};
 }
 }  // namespace dschat
