@@ -34,3 +34,19 @@ echo "$table"
 echo "$table" | grep -E "rejected: build fingerprint differs: sdk_headers: expected [0-9a-f]{16}, found [0-9a-f]{16}" \
   >/dev/null || { echo "the plugin built against changed SDK headers was not refused"; exit 1; }
 echo "plugin built against changed SDK headers: refused"
+
+# `dschat plugin new` writes projects that build against the installed SDK and load as they are.
+for kind in hook algorithm; do
+  "$work/prefix/bin/dschat" plugin new --kind "$kind" "my-$kind" "$work/scaffold-$kind" >/dev/null
+  cmake -S "$work/scaffold-$kind" -B "$work/scaffold-$kind/build" -G Ninja -DCMAKE_PREFIX_PATH="$work/prefix" \
+        -DTorch_DIR="$torch_dir" >"$work/configure-$kind.log" 2>&1 || { cat "$work/configure-$kind.log"; exit 1; }
+  ninja -C "$work/scaffold-$kind/build" >"$work/build-$kind.log" 2>&1 || { cat "$work/build-$kind.log"; exit 1; }
+  ctest --test-dir "$work/scaffold-$kind/build" --output-on-failure >"$work/ctest-$kind.log" 2>&1 ||
+    { cat "$work/ctest-$kind.log"; exit 1; }
+  echo "scaffolded $kind plugin: builds, loads"
+done
+# It refuses to write over a project.
+if "$work/prefix/bin/dschat" plugin new --kind hook my-hook "$work/scaffold-hook" 2>"$work/refusal.log"; then
+  echo "plugin new wrote over an existing project"; exit 1
+fi
+grep -q "exists and is not an empty folder" "$work/refusal.log"
