@@ -147,13 +147,9 @@ class Dpo : public Algorithm {
       engine->train(false);
       at::NoGradGuard no_grad;
       RewardStats stats;
-      const int64_t bs = options_.per_device_eval_batch_size;
-      for (int64_t start = 0; start < static_cast<int64_t>(eval.size()); start += bs) {
-        if (options_.eval_iters > 0 && stats.batches == options_.eval_iters) break;
-        std::vector<int64_t> indices;
-        for (int64_t i = start; i < std::min<int64_t>(start + bs, eval.size()); ++i) indices.push_back(i);
+      for (const auto& indices : eval_batches(static_cast<int64_t>(eval.size()), options_.per_device_eval_batch_size,
+                                              options_.eval_iters))
         stats.add(score(eval, indices));
-      }
       stats.report(context.metrics(), "eval/", step);
       const double n = static_cast<double>(stats.batches);
       std::cout << fmt::format("stage {}: step {} eval loss {:.4f} reward accuracy {:.4f} margin {:.4f} ({} pairs)\n",
@@ -162,13 +158,7 @@ class Dpo : public Algorithm {
       engine->train(true);
     };
     run_train_loop(context, *engine, options_, static_cast<int64_t>(train.size()), callbacks);
-
-    const auto final_dir = context.stage_dir() / "final";
-    auto whole = engine->gather_parameters();  // ZeRO-3: every weight back on every rank for the export
-    if (world().is_main()) {
-      handle.family->export_hf(*policy, final_dir);  // merges LoRA into the exported weights
-      tokenizer->save(final_dir);
-    }
+    export_final_model(context, *engine, *policy, *handle.family, *tokenizer);
   }
 
  private:

@@ -87,11 +87,8 @@ class Sft : public Algorithm {
       at::NoGradGuard no_grad;
       double sum = 0.0;
       int64_t count = 0;
-      const int64_t bs = options_.per_device_eval_batch_size;
-      for (int64_t start = 0; start < static_cast<int64_t>(eval.size()); start += bs) {
-        if (options_.eval_iters > 0 && count == options_.eval_iters) break;
-        std::vector<int64_t> indices;
-        for (int64_t i = start; i < std::min<int64_t>(start + bs, eval.size()); ++i) indices.push_back(i);
+      for (const auto& indices : eval_batches(static_cast<int64_t>(eval.size()), options_.per_device_eval_batch_size,
+                                              options_.eval_iters)) {
         SftBatch batch = batch_of(eval, indices);
         auto out = engine->forward(batch.input_ids, batch.attention_mask);
         sum += causal_lm_loss(out.logits, batch.labels).item<double>();
@@ -106,13 +103,7 @@ class Sft : public Algorithm {
       engine->train(true);
     };
     run_train_loop(context, *engine, options_, static_cast<int64_t>(train.size()), callbacks);
-
-    const auto final_dir = context.stage_dir() / "final";
-    auto whole = engine->gather_parameters();  // ZeRO-3: every weight back on every rank for the export
-    if (world().is_main()) {
-      handle.family->export_hf(*lm, final_dir);  // merges LoRA into the exported weights
-      tokenizer->save(final_dir);
-    }
+    export_final_model(context, *engine, *lm, *handle.family, *tokenizer);
   }
 
  private:

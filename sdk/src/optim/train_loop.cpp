@@ -2,6 +2,8 @@
 
 #include "dschat/sdk/distributed.h"
 #include "dschat/sdk/interrupt.h"
+#include "dschat/sdk/model.h"
+#include "dschat/sdk/tokenizer.h"
 
 #include <algorithm>
 #include <chrono>
@@ -106,6 +108,25 @@ void report_memory(StageContext& context, const Engine& engine, const std::strin
     context.metrics().scalar(fmt::format("{}/rank{}/gradient_bytes", prefix, r), all[3 * r + 1].item<double>(), 0);
     context.metrics().scalar(fmt::format("{}/rank{}/optimizer_bytes", prefix, r), all[3 * r + 2].item<double>(), 0);
   }
+}
+
+std::vector<std::vector<int64_t>> eval_batches(int64_t count, int64_t batch_size, int64_t max_batches) {
+  std::vector<std::vector<int64_t>> batches;
+  for (int64_t start = 0; start < count; start += batch_size) {
+    if (max_batches > 0 && static_cast<int64_t>(batches.size()) == max_batches) break;
+    auto& batch = batches.emplace_back();
+    for (int64_t i = start; i < std::min(start + batch_size, count); ++i) batch.push_back(i);
+  }
+  return batches;
+}
+
+void export_final_model(StageContext& context, Engine& engine, CausalLM& model, const ModelFamily& family,
+                        const Tokenizer& tokenizer) {
+  const auto final_dir = context.stage_dir() / "final";
+  auto whole = engine.gather_parameters();  // ZeRO-3: every weight back on every rank for the export
+  if (!world().is_main()) return;
+  family.export_hf(model, final_dir);  // merges LoRA into the exported weights
+  tokenizer.save(final_dir);
 }
 
 void apply_lora(StageContext& context, torch::nn::Module& module, const ModelFamily& family,

@@ -72,6 +72,15 @@ class DSCHAT_SDK_API NonFiniteGuard {
 DSCHAT_SDK_API void apply_lora(StageContext& context, torch::nn::Module& module, const ModelFamily& family,
                                const TrainOptions& options, const std::vector<std::string>& keep = {});
 
+// Held-out example indices in order, cut into batches of batch_size, at most max_batches of them (0: all):
+// the evaluation passes of the supervised stages (DeepSpeed-Chat's eval_iters).
+DSCHAT_SDK_API std::vector<std::vector<int64_t>> eval_batches(int64_t count, int64_t batch_size, int64_t max_batches);
+
+// The stage's trained causal LM as an HF folder with its tokenizer in stage_dir/final (LoRA merged into the
+// weights). Collective: under ZeRO-3 every rank gathers the weights; the main rank writes.
+DSCHAT_SDK_API void export_final_model(StageContext& context, Engine& engine, CausalLM& model,
+                                       const ModelFamily& family, const Tokenizer& tokenizer);
+
 struct TrainLoopCallbacks {
   // Forward + engine.backward on one micro-batch; returns the (unscaled) loss value and the tokens it covered.
   std::function<std::pair<double, int64_t>(const std::vector<int64_t>& example_indices)> micro_batch;
