@@ -16,8 +16,8 @@
 
 #include <cmath>
 #include <deque>
-#include <optional>
 #include <iostream>
+#include <optional>
 #include <unordered_map>
 
 #include <fmt/format.h>
