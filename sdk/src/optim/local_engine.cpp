@@ -318,6 +318,7 @@ class LocalEngine : public Engine {
   bool at_boundary() const { return micro_step_ > 0 && micro_step_ % options_.gradient_accumulation_steps == 0; }
 
   void zero_grad() {
+    overflow_known_ = false;  // the next boundary's gradients are checked afresh
     for (size_t i = 0; i < params_.size(); ++i) {
       params_[i].param.mutable_grad().reset();
       if (mixed_) masters_[i].mutable_grad().reset();
