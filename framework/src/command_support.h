@@ -43,6 +43,10 @@ int run_guarded(const std::string& command, const std::function<int()>& body);
 // Registers `command` as a `dschat` sub-command whose body runs under run_guarded; for `const bool registered =`.
 bool register_guarded_command(const std::string& command, int (*body)(const std::vector<std::string>& args));
 
+// `dschat plugin test LIB ...` (plugin_test_command.cpp), reached through `dschat plugin`.
+extern const char* const kTestSynopsis;
+int plugin_test_command(const std::vector<std::string>& args);
+
 // A model folder (or Hub id, resolved into the cache); `flag` names the argument in errors ("--model").
 std::filesystem::path resolve_model_flag(const std::string& value, const std::string& flag);
 

@@ -194,13 +194,14 @@ std::string class_name_of(const std::string& name) {
 }
 
 int plugin_command(const std::vector<std::string>& args) {
+  if (!args.empty() && args[0] == "test") return plugin_test_command({args.begin() + 1, args.end()});
   if (args.empty() || args[0] != "new") {
     if (!args.empty() && (args[0] == "-h" || args[0] == "--help")) {
-      std::cout << "usage: dschat plugin " << kSynopsis << "\n";
+      std::cout << "usage: dschat plugin " << kSynopsis << "\n       dschat plugin " << kTestSynopsis << "\n";
       return 0;
     }
-    throw CommandError(fmt::format("dschat plugin: expected the sub-command 'new'\nusage: dschat plugin {}",
-                                   kSynopsis));
+    throw CommandError(fmt::format("dschat plugin: expected the sub-command 'new' or 'test'\n"
+                                   "usage: dschat plugin {}\n       dschat plugin {}", kSynopsis, kTestSynopsis));
   }
   po::options_description options("options");
   options.add_options()("kind", po::value<std::string>()->required(), "hook | algorithm")(
