@@ -30,3 +30,26 @@ function(dschat_add_plugin NAME)
     install(TARGETS ${target} LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR}/dschat/plugins)
   endif()
 endfunction()
+
+# dschat_add_plugin_test(NAME PLUGIN [MODEL dir] [STAGE file.toml] [ARGS ...])
+#
+# A ctest that runs the SDK's harness on plugin PLUGIN (the NAME given to dschat_add_plugin): the installed host
+# loads it as `dschat run` would, checks a model family against transformers on MODEL (a folder written by
+# ${DSCHAT_TESTING_DIR}/make_parity_fixture.py), and runs a short stage with it (STAGE's [[stage]] tables, or an
+# sft stage). See `dschat plugin test --help`.
+function(dschat_add_plugin_test NAME PLUGIN)
+  cmake_parse_arguments(ARG "" "MODEL;STAGE" "ARGS" ${ARGN})
+  if(NOT DSCHAT_EXECUTABLE)
+    message(FATAL_ERROR "dschat_add_plugin_test(${NAME}): DSCHAT_EXECUTABLE is not set (find_package(dschat) sets it)")
+  endif()
+  set(command ${DSCHAT_EXECUTABLE} plugin test $<TARGET_FILE:dschat_plugin_${PLUGIN}>
+      --work ${CMAKE_CURRENT_BINARY_DIR}/plugin-test-${NAME})
+  if(ARG_MODEL)
+    list(APPEND command --model ${ARG_MODEL})
+  endif()
+  if(ARG_STAGE)
+    list(APPEND command --stage ${ARG_STAGE})
+  endif()
+  add_test(NAME ${NAME} COMMAND ${command} ${ARG_ARGS})
+  set_tests_properties(${NAME} PROPERTIES TIMEOUT 600)
+endfunction()

@@ -100,6 +100,12 @@ std::pair<at::Tensor, at::Tensor> rope_cos_sin(const RopeConfig& config, const a
 }
 
 at::Tensor apply_rotary(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+  const int64_t rotary = cos.size(-1), features = x.size(-1);
+  TORCH_CHECK(rotary <= features && rotary % 2 == 0, "rotary tables of width ", rotary, " for heads of ", features,
+              " features");
+  if (rotary < features) {  // partial rotary (GPT-NeoX, Phi): the first `rotary` features turn, the rest pass
+    return at::cat({apply_rotary(x.narrow(-1, 0, rotary), cos, sin), x.narrow(-1, rotary, features - rotary)}, -1);
+  }
   if (auto fused = rotary_decode(x, cos, sin); fused.defined()) return fused;  // a decode step: one pass
   const int64_t half = x.size(-1) / 2;
   auto rotated = at::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);

@@ -22,7 +22,7 @@ struct AttentionInputs {
   at::Tensor attention_mask;  // [B, past + T], 1 for real tokens, 0 for (left) padding
   at::Tensor position_ids;    // [B, T] int64: cumsum(mask) - 1 over the whole sequence, 0 at padding
   at::Tensor bias;            // additive [B, 1 or H, T, past + T] in the compute dtype: 0 allowed, lowest masked
-  at::Tensor rope_cos;        // [B, T, head_dim] for rotary models, else undefined
+  at::Tensor rope_cos;        // [B, T, rotary dims <= head_dim] for rotary models, else undefined
   at::Tensor rope_sin;
   int64_t past_length = 0;    // tokens already in the KV cache
   // Static KV cache (KvCache::write_position): [1] int64 on the model's device, the cache column this one-token

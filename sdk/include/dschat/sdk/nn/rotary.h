@@ -34,7 +34,9 @@ DSCHAT_SDK_API at::Tensor rope_inv_freq(const RopeConfig& config, int64_t seq_le
 DSCHAT_SDK_API std::pair<at::Tensor, at::Tensor> rope_cos_sin(const RopeConfig& config, const at::Tensor& position_ids,
                                                               at::ScalarType dtype);
 
-// x [B, H, T, D] -> x * cos + rotate_half(x) * sin, with cos/sin [B, T, D].
+// x [B, H, T, D] -> x * cos + rotate_half(x) * sin, with cos/sin [B, T, R]. R < D is partial rotary (GPT-NeoX's
+// rotary_pct, Phi's partial_rotary_factor): the first R features of each head turn and the rest pass unchanged;
+// build the tables from a RopeConfig whose head_dim is R.
 DSCHAT_SDK_API at::Tensor apply_rotary(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin);
 
 }  // namespace dschat
