@@ -2,13 +2,17 @@
 // beta^N theta_0 + sum_i (1 - beta) beta^(N - i) theta_i, and on_train_end writes it as an HF folder that
 // loads back.
 #include <cmath>
+#include <fstream>
+#include <sstream>
 
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
 #include "plugin_helpers.h"
+#include "dschat/framework/pipeline.h"
 #include "dschat/framework/registry.h"
+#include "dschat/framework/runner.h"
 #include "dschat/sdk/config_document.h"
 #include "dschat/sdk/hook.h"
 #include "dschat/sdk/model.h"
@@ -123,3 +127,39 @@ TEST(Ema, BadOptionsAreConfigErrors) {
 }
 
 }  // namespace
+
+// The supervised stages run their hooks through the SDK's training loop: an sft stage with the ema hook writes
+// the EMA folder, keeps the hook's state in each checkpoint, and a resumed stage reads it back.
+TEST(Ema, AnSftStageRunsItsHooksAndCheckpointsTheirState) {
+  const fs::path quickstart = fs::path(DSCHAT_SOURCE_DIR) / "configs" / "quickstart";
+  const fs::path root = fs::path(DSCHAT_BINARY_DIR) / "test-data" / "sft-hooks";
+  fs::remove_all(root);
+  fs::create_directories(root);
+  std::ostringstream toml;
+  toml << "[pipeline]\nname = \"sft-hooks\"\noutput_dir = \"" << (root / "run").string() << "\"\nseed = 3\n"
+       << "[models.actor]\npath = \"" << (quickstart / "model").string() << "\"\ninit = \"random\"\n"
+       << "[data]\ndatasets = [\"" << (quickstart / "data" / "requests.jsonl").string() << "\"]\n"
+       << "split = [1, 0, 0]\neval_fraction = 0.05\nmax_seq_len = 96\nmax_prompt_seq_len = 32\n"
+       << "[[stage]]\nname = \"sft\"\nalgorithm = \"sft\"\nmodel = \"actor\"\nper_device_train_batch_size = 8\n"
+       << "max_steps = 6\ncheckpoint_interval = 3\neval_iters = 1\nlearning_rate = 1e-3\n"
+       << "hooks = [{ plugin = \"ema\", beta = 0.5 }]\n";
+  const fs::path file = root / "pipeline.toml";
+  std::ofstream(file) << toml.str();
+  ASSERT_TRUE(run_pipeline(load_pipeline(file, {}, registry()), registry()));
+  const fs::path stage = root / "run" / "sft";
+  EXPECT_TRUE(fs::exists(stage / "ema" / "config.json"));
+  ASSERT_TRUE(fs::exists(stage / "checkpoints" / "step-6" / "hook-0"));
+  EXPECT_FALSE(fs::is_empty(stage / "checkpoints" / "step-6" / "hook-0"));
+
+  // The EMA after 6 steps in one go equals the EMA of a run resumed from step 3's checkpoint.
+  auto ema_weights = [&] {
+    auto f = safetensors::File::open(stage / "ema" / "model.safetensors");
+    return f->tensor(f->tensors().front()).clone();
+  };
+  const auto whole = ema_weights();
+  fs::remove_all(stage / "final");
+  fs::remove_all(stage / "ema");
+  fs::remove_all(stage / "checkpoints" / "step-6");
+  ASSERT_TRUE(run_pipeline(load_pipeline(file, {}, registry()), registry()));
+  EXPECT_TRUE(ema_weights().allclose(whole, 1e-5, 1e-6));
+}

@@ -134,6 +134,7 @@ class Dpo : public Algorithm {
     };
 
     TrainLoopCallbacks callbacks;
+    callbacks.hook_model = {handle.family, tokenizer};
     callbacks.micro_batch = [&](const std::vector<int64_t>& indices) -> std::pair<double, int64_t> {
       PairScores s = score(train, indices);
       engine->backward(s.dpo.loss);

@@ -88,6 +88,7 @@ class Reward : public Algorithm {
     };
 
     TrainLoopCallbacks callbacks;
+    callbacks.hook_model = {handle.family, tokenizer};
     callbacks.micro_batch = [&](const std::vector<int64_t>& indices) -> std::pair<double, int64_t> {
       auto [out, tokens] = forward(train, indices);
       engine->backward(out.loss);

@@ -74,6 +74,7 @@ class Sft : public Algorithm {
     };
 
     TrainLoopCallbacks callbacks;
+    callbacks.hook_model = {handle.family, tokenizer};
     callbacks.micro_batch = [&](const std::vector<int64_t>& indices) -> std::pair<double, int64_t> {
       SftBatch batch = batch_of(train, indices);
       auto out = engine->forward(batch.input_ids, batch.attention_mask);

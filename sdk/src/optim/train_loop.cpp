@@ -173,9 +173,21 @@ void run_train_loop(StageContext& context, Engine& engine, const TrainOptions& o
   auto& progress = context.progress();
   auto& comm = world();
 
+  const auto& hooks = context.hooks();
+  auto call_hooks = [&](const std::function<void(Hook&)>& call) {
+    if (hooks.empty()) return;
+    auto whole = engine.gather_parameters();  // hooks read every weight (ZeRO-3: gathered; collective)
+    for (const auto& hook : hooks) call(*hook);
+  };
+  call_hooks([&](Hook& hook) {
+    hook.set_model_info(callbacks.hook_model);
+    hook.on_train_begin(engine.model());
+  });
+
   int64_t start_epoch = 0, start_batch = 0;
   if (auto latest = latest_checkpoint(context.stage_dir())) {
     auto client = engine.load_checkpoint(*latest);
+    for (size_t i = 0; i < hooks.size(); ++i) hooks[i]->load_state(*latest / fmt::format("hook-{}", i));
     start_epoch = client.value("epoch", int64_t{0});
     start_batch = client.value("next_batch", int64_t{0});
     std::cout << fmt::format("stage {}: resuming from {} (step {}, epoch {}, batch {})\n", context.stage_name(),
@@ -220,6 +232,7 @@ void run_train_loop(StageContext& context, Engine& engine, const TrainOptions& o
         continue;
       }
       const int64_t s = engine.global_step();
+      if (step.applied) call_hooks([&](Hook& hook) { hook.after_optimizer_step(engine.model(), {s}); });
       // Averaged over the ranks: the loss of the global batch, as one process with accumulation would report.
       const double mean_loss = comm.mean(loss_sum / static_cast<double>(std::max<int64_t>(loss_count, 1)));
       tokens = static_cast<int64_t>(comm.sum(static_cast<double>(tokens)));
@@ -238,8 +251,13 @@ void run_train_loop(StageContext& context, Engine& engine, const TrainOptions& o
       }
       auto save = [&] {
         nlohmann::json client = {{"epoch", epoch_end ? epoch + 1 : epoch}, {"next_batch", epoch_end ? 0 : b + 1}};
-        engine.save_checkpoint(checkpoints / fmt::format("step-{}", s), client);
-        if (comm.is_main()) prune_checkpoints(context.stage_dir(), 2);  // keep the two newest
+        const fs::path dir = checkpoints / fmt::format("step-{}", s);
+        engine.save_checkpoint(dir, client);
+        if (comm.is_main()) {
+          for (size_t i = 0; i < hooks.size(); ++i) hooks[i]->save_state(dir / fmt::format("hook-{}", i));
+          prune_checkpoints(context.stage_dir(), 2);  // keep the two newest
+        }
+        if (!hooks.empty()) comm.barrier();
       };
       const bool periodic = options.checkpoint_interval > 0 && s % options.checkpoint_interval == 0;
       if (periodic) save();
@@ -255,6 +273,11 @@ void run_train_loop(StageContext& context, Engine& engine, const TrainOptions& o
   progress.finish();
   metrics.scalar("train/nonfinite_skipped_steps", static_cast<double>(nonfinite.total()), engine.global_step());
   if (last_eval != engine.global_step()) callbacks.evaluate(engine.global_step());
+  // Hooks are the same on every rank; the main one writes what they keep (the EMA's folder).
+  call_hooks([&](Hook& hook) {
+    if (comm.is_main()) hook.on_train_end(engine.model(), context.stage_dir());
+  });
+  if (!hooks.empty()) comm.barrier();
   metrics.flush();
 }
 

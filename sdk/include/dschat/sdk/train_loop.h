@@ -14,6 +14,7 @@
 
 #include "dschat/sdk/algorithm.h"
 #include "dschat/sdk/export.h"
+#include "dschat/sdk/hook.h"
 #include "dschat/sdk/optim.h"
 #include "dschat/sdk/strategy.h"
 
@@ -86,10 +87,14 @@ struct TrainLoopCallbacks {
   std::function<std::pair<double, int64_t>(const std::vector<int64_t>& example_indices)> micro_batch;
   // Evaluates the model (eval mode, no grad) and reports metrics at optimizer step `step`.
   std::function<void(int64_t step)> evaluate;
+  // What the stage's hooks are told about engine.model() (family and tokenizer, for hooks that export it).
+  HookModelInfo hook_model;
 };
 
 // Runs the loop over `num_examples` training examples. The engine's schedule must span
-// total_optimizer_steps(options, num_examples).
+// total_optimizer_steps(options, num_examples). The stage's hooks (context.hooks()) see engine.model() with its
+// weights gathered: on_train_begin, after_optimizer_step after every applied step, save_state / load_state with
+// each checkpoint (hook-<i>), and on_train_end (main rank) before it returns.
 DSCHAT_SDK_API void run_train_loop(StageContext& context, Engine& engine, const TrainOptions& options,
                                    int64_t num_examples, const TrainLoopCallbacks& callbacks);
 
