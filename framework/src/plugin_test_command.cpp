@@ -295,8 +295,8 @@ int plugin_test(const std::vector<std::string>& args) {
   PluginRegistry registry;
   registry.discover(PluginRegistry::search_paths({lib}));
   std::shared_ptr<PluginLibrary> library;
-  for (const auto& l : registry.libraries())
-    if (l->file == lib) library = l;
+  for (const auto& l : registry.libraries())  // the first record: LIB is searched first (a second one is shadowed)
+    if (l->file == lib && !library) library = l;
   report.check(library && library->ok(), "loads (ABI, build fingerprint, interface versions)",
                library ? library->plugin_name + " " + library->plugin_version + ": " + library->status : "not found");
   if (!library || !library->ok()) return 1;
