@@ -39,7 +39,7 @@ commands:
   eval            `eval reward`: a reward model's pair accuracy; `eval prompts`: two models' answers side by side
   consolidate     turn a sharded ddp/zero checkpoint into an HF folder (see `dschat consolidate --help`)
   plot RUN_DIR    draw each stage's metrics.jsonl curves as PNG and SVG into RUN_DIR/plots
-  plugin new      write an out-of-tree plugin project (--kind hook|algorithm NAME [DIR]) that builds and loads
+  plugin new      write an out-of-tree plugin project (--kind model|strategy|generation|algorithm|hook NAME [DIR])
 
 options:
   --version       print dschat's version, the LibTorch version and the build fingerprint

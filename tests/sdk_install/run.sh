@@ -36,7 +36,7 @@ echo "$table" | grep -E "rejected: build fingerprint differs: sdk_headers: expec
 echo "plugin built against changed SDK headers: refused"
 
 # `dschat plugin new` writes projects that build against the installed SDK and load as they are.
-for kind in hook algorithm; do
+for kind in model strategy generation algorithm hook; do
   "$work/prefix/bin/dschat" plugin new --kind "$kind" "my-$kind" "$work/scaffold-$kind" >/dev/null
   cmake -S "$work/scaffold-$kind" -B "$work/scaffold-$kind/build" -G Ninja -DCMAKE_PREFIX_PATH="$work/prefix" \
         -DTorch_DIR="$torch_dir" >"$work/configure-$kind.log" 2>&1 || { cat "$work/configure-$kind.log"; exit 1; }
