@@ -88,7 +88,12 @@ int plugin_command(const std::vector<std::string>& args) {
                                                   {"{{class}}", class_name_of(name)}};
   fs::create_directories(dir);
   write_file_atomic(dir / (name + ".cpp"), fill(skeleton->second, values));
-  write_file_atomic(dir / "CMakeLists.txt", fill(kPluginCMakeLists, values));
+  auto cmake = fill(kPluginCMakeLists, {{"{{harness}}", kind == "model" ? kModelHarnessTest : kHarnessTest}});
+  write_file_atomic(dir / "CMakeLists.txt", fill(cmake, values));
+  if (kind == "model") {  // a tiny model of the family, for the harness test
+    fs::create_directories(dir / "tiny");
+    write_file_atomic(dir / "tiny" / "config.json", fill(kTinyModelConfig, values));
+  }
   std::cout << fmt::format("wrote the {} plugin '{}' in {}:\n  {}\n  {}\nbuild and test it:\n"
                            "  cmake -S {} -B {}/build -G Ninja -DCMAKE_PREFIX_PATH=<dschat's install prefix>\n"
                            "  cmake --build {}/build && ctest --test-dir {}/build\n",

@@ -12,6 +12,9 @@ const char* const kPluginCMakeLists = R"SKELETON(# The dschat {{kind}} plugin "{
 cmake_minimum_required(VERSION 3.25)
 project({{ident}}_plugin LANGUAGES CXX)
 set(CMAKE_CXX_STANDARD 20)
+if(NOT CMAKE_BUILD_TYPE)
+  set(CMAKE_BUILD_TYPE Release)  # LibTorch does the heavy work, but the plugin's own loops want -O2 too
+endif()
 find_package(dschat REQUIRED)
 dschat_add_plugin({{name}} SOURCES {{name}}.cpp)
 
@@ -20,6 +23,38 @@ enable_testing()
 # and the kind's interface version all agree.
 add_test(NAME {{ident}}_loads COMMAND ${DSCHAT_EXECUTABLE} plugins --path $<TARGET_FILE:dschat_plugin_{{name}}>)
 set_tests_properties({{ident}}_loads PROPERTIES PASS_REGULAR_EXPRESSION "{{kind}} +{{registered}} +0\\.1\\.0 +ok")
+{{harness}})SKELETON";
+
+// The scaffold's second test, by kind: the SDK's harness (`dschat plugin test`) runs the plugin in a short stage.
+const char* const kHarnessTest = R"SKELETON(# The SDK's harness runs it for real (`dschat plugin test --help`): a few steps of a stage on the SDK's tiny model
+# and data that use this plugin, every metric checked finite.
+dschat_add_plugin_test({{ident}}_runs {{name}})
+)SKELETON";
+
+const char* const kModelHarnessTest = R"SKELETON(# The SDK's harness (`dschat plugin test --help`) on a tiny model of this family: tiny/config.json with the SDK's
+# tokenizer, random weights. It checks the KV cache against the full forward pass, the hidden states, the HF export
+# read back, the tensor-parallel and LoRA specs, then trains it for a few sft steps. Once transformers knows the
+# family, ${DSCHAT_TESTING_DIR}/make_parity_fixture.py tiny/config.json DIR writes a folder with transformers'
+# logits and greedy tokens, and `MODEL DIR` compares against them too.
+file(COPY tiny/config.json ${DSCHAT_TESTING_DIR}/model/tokenizer.json ${DSCHAT_TESTING_DIR}/model/tokenizer_config.json
+     DESTINATION ${CMAKE_CURRENT_BINARY_DIR}/tiny)
+dschat_add_plugin_test({{ident}}_runs {{name}} MODEL ${CMAKE_CURRENT_BINARY_DIR}/tiny)
+)SKELETON";
+
+const char* const kTinyModelConfig = R"SKELETON({
+  "model_type": "{{registered}}",
+  "vocab_size": 640,
+  "hidden_size": 64,
+  "intermediate_size": 128,
+  "num_hidden_layers": 2,
+  "num_attention_heads": 4,
+  "num_key_value_heads": 2,
+  "max_position_embeddings": 256,
+  "tie_word_embeddings": false,
+  "pad_token_id": 0,
+  "bos_token_id": 0,
+  "eos_token_id": 0
+}
 )SKELETON";
 
 const char* const kHook = R"SKELETON(// Hook "{{name}}": called by the training stages (sft, reward, ppo, ...) around their optimizer steps; see
@@ -114,6 +149,7 @@ class {{class}} : public Algorithm {
       return std::make_pair(loss, batch.attention_mask.sum().item<int64_t>());
     };
     TrainLoopCallbacks callbacks;
+    callbacks.hook_model = {handle.family, tokenizer};  // the stage's hooks see the model through the loop
     callbacks.micro_batch = [&](const std::vector<int64_t>& indices) -> std::pair<double, int64_t> {
       auto [loss, tokens] = loss_on(train, indices);
       engine->backward(loss);

@@ -7,8 +7,11 @@
 
 namespace dschat {
 
-// CMakeLists.txt: find_package(dschat), dschat_add_plugin and the load test.
+// CMakeLists.txt: find_package(dschat), dschat_add_plugin, the load test and {{harness}}, one of the two below.
 extern const char* const kPluginCMakeLists;
+extern const char* const kHarnessTest;       // dschat_add_plugin_test on the SDK's tiny model
+extern const char* const kModelHarnessTest;  // the same on tiny/config.json, a model of the family
+extern const char* const kTinyModelConfig;   // tiny/config.json for a model plugin
 
 // NAME.cpp for each kind the scaffold writes, by kind ("model", "strategy", "generation", "algorithm", "hook").
 const std::map<std::string, const char*>& plugin_skeletons();

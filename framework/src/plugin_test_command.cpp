@@ -206,15 +206,26 @@ void check_model(Report& report, const ModelFamily& family, const fs::path& dir,
                                  : fmt::format("no weight for [{}]", fmt::join(unmatched, ", ")));
 }
 
-// The [[stage]] tables: the user's, or one that exercises what LIB offers.
+// The [[stage]] tables: the user's, or one that exercises what LIB offers: its algorithm (on the actor), or sft
+// with its hook or strategy, or a short reward + PPO pair of stages that generates with its generation plugin.
 std::string default_stage(const std::vector<const PluginEntry*>& components, int64_t steps) {
-  std::string extra;
-  std::string algorithm = "sft";
+  std::string extra, algorithm = "sft", generation;
   for (const auto* c : components) {
     const auto& f = c->factory;
     if (f.kind == "algorithm") algorithm = f.name;
+    if (f.kind == "generation") generation = f.name;
     if (f.kind == "hook") extra += fmt::format("hooks = [{{ plugin = \"{}\" }}]\n", f.name);
     if (f.kind == "strategy") extra += fmt::format("strategy = {{ plugin = \"{}\" }}\n", f.name);
+  }
+  if (!generation.empty() && algorithm == "sft") {
+    // PPO's critic starts from a reward model: two reward steps make one.
+    return fmt::format("[[stage]]\nname = \"rm\"\nalgorithm = \"reward\"\nmodel = \"critic\"\nmax_steps = 2\n"
+                       "per_device_train_batch_size = 8\n\n"
+                       "[[stage]]\nname = \"ppo\"\nalgorithm = \"ppo\"\nactor = \"actor\"\ncritic = \"rm\"\n"
+                       "max_steps = {}\nper_device_generation_batch_size = 4\nper_device_training_batch_size = 4\n"
+                       "eval_prompts = 4\nnum_warmup_steps = 0\n"
+                       "generation = {{ plugin = \"{}\", max_new_tokens = 8, do_sample = true }}\n{}",
+                       std::min<int64_t>(steps, 2), generation, extra);
   }
   return fmt::format("[[stage]]\nname = \"{}\"\nalgorithm = \"{}\"\nmodel = \"actor\"\nmax_steps = {}\n"
                      "per_device_train_batch_size = 8\nlearning_rate = 1e-3\n{}",
