@@ -26,6 +26,7 @@
 #include "dschat/framework/registry.h"
 #include "dschat/sdk/atomic_file.h"
 #include "dschat/sdk/config_document.h"
+#include "dschat/sdk/distributed.h"
 #include "dschat/sdk/model.h"
 #include "dschat/sdk/safetensors.h"
 
@@ -290,6 +291,10 @@ int plugin_test(const std::vector<std::string>& args) {
   if (model_dir && !fs::exists(*model_dir / "config.json"))
     throw CommandError("--model " + model_dir->string() + ": no config.json there");
   const auto testing = testing_dir();
+  // Under a launcher every rank runs this command: they must share one pipeline folder.
+  const int world_size = detect_launch_environment().world_size;
+  if (world_size > 1 && !vm->count("work"))
+    throw CommandError("dschat plugin test under a launcher: give --work DIR, one folder every rank sees");
   fs::path work;
   if (vm->count("work")) {
     work = fs::absolute((*vm)["work"].as<std::string>());
@@ -353,11 +358,15 @@ int plugin_test(const std::vector<std::string>& args) {
     const std::string toml = fmt::format(
         "# Written by `dschat plugin test`: the SDK's tiny data, the plugin under test first on the search path.\n"
         "[pipeline]\nname = \"plugin-test\"\noutput_dir = {}\nseed = 1234\n\n[plugins]\npaths = [{}]\n\n"
+        "[strategy]                      # --set strategy.plugin=... runs the stages under another one\n"
+        "plugin = \"single\"\n\n"
         "[models.actor]\npath = {}\n{}\n[models.critic]\npath = {}\n{}\n"
         "[data]\ndatasets = [{}]\nsplit = [2, 4, 4]\neval_fraction = 0.1\nmax_seq_len = 96\nmax_prompt_seq_len = 32\n\n{}",
         toml_string(work / "run"), toml_string(lib), toml_string(model), init, toml_string(model), init,
         toml_string(testing / "data" / "requests.jsonl"), stages);
-    fs::remove_all(work / "run");  // a stage folder left by an earlier test would be reused, not run
+    // A stage folder left by an earlier test would be reused, not run. With several ranks, removing it could race
+    // with a faster rank's first writes: use a fresh --work there.
+    if (world_size == 1) fs::remove_all(work / "run");
     const auto file = work / "pipeline.toml";
     write_file_atomic(file, toml);
     std::cout << "running " << file.string() << "\n" << std::flush;
