@@ -7,10 +7,13 @@
 #include <optional>
 #include <set>
 
+#include <c10/core/DefaultDtype.h>
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
 #include "dschat/framework/hub.h"
+#include "dschat/sdk/model.h"
+#include "dschat/sdk/nn/init.h"
 #include "dschat/sdk/safetensors.h"
 #include "dschat/sdk/tokenizer.h"
 
@@ -241,6 +244,25 @@ void check_model_files(const ConfigTable& table, const ModelSpec& spec) {
       problems.push_back(fmt::format("weights: {}", e.what()));
     } catch (const CheckpointError& e) {
       problems.push_back(fmt::format("weights: {}", e.what()));
+    }
+  } else {
+    // A random-init model has no weights to check, but its config.json must still build: the family reads every
+    // key now (a bad or missing one names itself), not when the stage that uses the model starts. The weights are
+    // allocated in the model's dtype and never written, so no page of them is touched (check_model_fits bounded
+    // their size first).
+    try {
+      SkipWeightInit untouched;
+      const auto previous_default = c10::get_default_dtype();
+      if (at::isFloatingType(spec.scalar_type())) c10::set_default_dtype(c10::scalarTypeToTypeMeta(spec.scalar_type()));
+      try {
+        spec.family->build(spec.hf_config, ModelOptions{spec.scalar_type()});
+      } catch (...) {
+        c10::set_default_dtype(previous_default);
+        throw;
+      }
+      c10::set_default_dtype(previous_default);
+    } catch (const std::exception& e) {
+      problems.push_back(fmt::format("config.json: {}", e.what()));
     }
   }
   try {

@@ -144,6 +144,41 @@ TEST(ValidateAll, WeightsThatDoNotFitTheirConfigAreFoundFromTheHeader) {
   EXPECT_NE(result.output.find(expected), std::string::npos) << expected << "\n" << result.output;
 }
 
+// A random-init model's config.json is read by its family at validate time: a missing key is found before any
+// stage runs, at the model's path, naming the key.
+TEST(ValidateAll, RandomInitConfigTheFamilyCannotBuildIsRefused) {
+  const fs::path folder = kOut / "no-ffn-dim";
+  fs::remove_all(folder);
+  fs::create_directories(folder);
+  auto config = nlohmann::json::parse(std::ifstream(kModel + "/config.json"));
+  config.erase("ffn_dim");
+  std::ofstream(folder / "config.json") << config.dump(2);
+  fs::copy_file(kModel + "/tokenizer.json", folder / "tokenizer.json");
+  auto file = write("no-ffn-dim.toml", fmt::format(R"([pipeline]
+name = "no-ffn-dim"
+
+[models.actor]
+path = "{0}"
+init = "random"
+
+[data]
+datasets = ["{1}"]
+max_seq_len = 96
+max_prompt_seq_len = 32
+
+[[stage]]
+name = "sft"
+algorithm = "sft"
+model = "actor"
+)",
+                                                   folder.string(), kData));
+  auto result = run_dschat("validate " + file.string());
+  EXPECT_EQ(result.exit_code, 2) << result.output;
+  EXPECT_NE(result.output.find(file.string() + ":5:8: models.actor.path: config.json:"), std::string::npos)
+      << result.output;
+  EXPECT_NE(result.output.find("ffn_dim"), std::string::npos) << result.output;
+}
+
 TEST(ValidateAll, SizesTheMachineCannotHoldAreRefused) {
   const fs::path huge = kOut / "huge-model";
   fs::create_directories(huge);
