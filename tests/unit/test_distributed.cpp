@@ -2,7 +2,11 @@
 // launcher variables: the strategies give the single-process losses, a PPO iteration runs under ZeRO-3 with the
 // hybrid engine, the 2-rank quickstart runs, sharded checkpoints load into another world size, a killed rank
 // stops its peer within the timeout without touching the last checkpoint, and ranks started inconsistently stop
-// at once.
+// at once. The Communicator's sub-groups (a 2 x 2 mesh) and send/recv run on 4 and 2 Gloo processes of this
+// binary, started by hand with the launcher variables.
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -10,6 +14,9 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <thread>
+
+#include <ATen/ATen.h>
 
 #include <fmt/format.h>
 #include <gtest/gtest.h>
@@ -476,4 +483,392 @@ TEST(TwoRanks, TwoRanksThatClaimRankZeroStopAtOnce) {
   auto d = start_inconsistent_ranks("rank-twice", 2, "RANK=0 WORLD_SIZE=2");
   ASSERT_NE(d.rank0.find("env rank 0 of 2"), std::string::npos) << d.rank0;
   expect_both_stop_naming(d, "env rank 0 of 2 (pid", "and env rank 0 of 2 (pid");
+}
+
+// ---- Communicator sub-groups and point-to-point ------------------------------------------------------------------
+
+namespace {
+
+constexpr const char* kScenarioEnv = "DSCHAT_COMM_SCENARIO";
+constexpr const char* kScenarioDirEnv = "DSCHAT_COMM_DIR";
+
+std::string read_text(const fs::path& file) {
+  std::ifstream in(file);
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+int free_port() {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = 0;
+  socklen_t length = sizeof(addr);
+  if (fd < 0 || ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
+      ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &length) != 0) {
+    if (fd >= 0) ::close(fd);
+    return 29578;
+  }
+  ::close(fd);
+  return ntohs(addr.sin_port);
+}
+
+// The message of what `f` throws as `E`, or a line saying it did not.
+template <typename E, typename F>
+std::string message_of(F&& f) {
+  try {
+    f();
+  } catch (const E& e) {
+    return e.what();
+  }
+  return "<no exception>";
+}
+
+#define EXPECT_CONTAINS(text, part) EXPECT_NE(std::string(text).find(part), std::string::npos) << (text)
+
+at::Tensor floats(std::vector<float> values) { return at::tensor(values, at::kFloat); }
+std::vector<float> values_of(const at::Tensor& t) {
+  auto c = t.contiguous();
+  return std::vector<float>(c.data_ptr<float>(), c.data_ptr<float>() + c.numel());
+}
+
+struct Ranks {
+  std::vector<int> rc;
+  std::vector<std::string> log;
+  double seconds = -1.0;  // from the start to rank 0's exit
+};
+
+// Starts `n` ranks of this binary on `scenario` (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT, as srun or mpirun
+// would set them) and waits for them. `kill_after_rank0`: the others are killed once rank 0 exits (one of them
+// stopped itself).
+Ranks start_ranks(const std::string& scenario, int n, bool kill_after_rank0 = false) {
+  const fs::path dir = out_root() / ("comm-" + scenario);
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  const fs::path exe = fs::read_symlink("/proc/self/exe");
+  std::ostringstream script;
+  script << "export WORLD_SIZE=" << n << " MASTER_ADDR=127.0.0.1 MASTER_PORT=" << free_port() << " "
+         << kScenarioEnv << "=" << scenario << " " << kScenarioDirEnv << "=" << dir << " OMP_NUM_THREADS=1\n"
+         << "start=$(date +%s%N)\n";
+  for (int rank = 0; rank < n; ++rank)
+    script << "(RANK=" << rank << " LOCAL_RANK=" << rank << " timeout -s KILL 120 " << exe
+           << " --gtest_filter=CommunicatorWorker.Rank > " << dir / fmt::format("rank{}.log", rank)
+           << " 2>&1; echo $? > " << dir / fmt::format("rank{}.rc", rank) << ") &\np" << rank << "=$!\n";
+  script << "wait $p0\nend=$(date +%s%N)\n";
+  if (kill_after_rank0)
+    for (int rank = 1; rank < n; ++rank)
+      script << "kill -KILL $(cat " << dir / fmt::format("rank{}.pid", rank) << ") 2>/dev/null\n";
+  script << "wait\necho $(( (end - start) / 1000000 ))e-3 > " << dir / "seconds" << "\n";
+  std::ofstream(dir / "run.sh") << script.str();
+  run_command("bash " + (dir / "run.sh").string());
+  Ranks result;
+  for (int rank = 0; rank < n; ++rank) {
+    const auto rc = read_text(dir / fmt::format("rank{}.rc", rank));
+    result.rc.push_back(rc.empty() ? -1 : std::stoi(rc));
+    result.log.push_back(read_text(dir / fmt::format("rank{}.log", rank)));
+  }
+  if (auto seconds = read_text(dir / "seconds"); !seconds.empty()) result.seconds = std::stod(seconds);
+  return result;
+}
+
+void expect_all_passed(const Ranks& ranks) {
+  for (size_t r = 0; r < ranks.rc.size(); ++r) {
+    EXPECT_EQ(ranks.rc[r], 0) << "rank " << r << ":\n" << ranks.log[r];
+    EXPECT_CONTAINS(ranks.log[r], "[  PASSED  ] 1 test");
+  }
+}
+
+// 4 ranks as dp 2 x tp 2: TP groups {0,1},{2,3}, DP groups {0,2},{1,3}. Each rank holds world rank + 1, so every
+// group's result differs from every other group's and from the world's.
+void mesh_scenario(dschat::Communicator& world) {
+  ASSERT_EQ(world.size(), 4);
+  const int me = world.rank();
+  auto mesh = dschat::make_mesh(world, /*dp=*/2, /*tp=*/2);
+  ASSERT_TRUE(mesh.tp && mesh.dp);
+  const std::vector<int> tp_members = me < 2 ? std::vector<int>{0, 1} : std::vector<int>{2, 3};
+  const std::vector<int> dp_members = me % 2 == 0 ? std::vector<int>{0, 2} : std::vector<int>{1, 3};
+  EXPECT_EQ(mesh.tp->world_ranks(), tp_members);
+  EXPECT_EQ(mesh.dp->world_ranks(), dp_members);
+  EXPECT_EQ(mesh.tp->size(), 2);
+  EXPECT_EQ(mesh.dp->size(), 2);
+  EXPECT_EQ(mesh.tp->rank(), me % 2);
+  EXPECT_EQ(mesh.dp->rank(), me / 2);
+  EXPECT_EQ(mesh.tp->backend(), "gloo");
+  EXPECT_EQ(mesh.tp->timeout_s(), world.timeout_s());
+
+  const float mine = static_cast<float>(me + 1);
+  const float tp_sum = static_cast<float>(tp_members[0] + tp_members[1] + 2);
+  const float dp_sum = static_cast<float>(dp_members[0] + dp_members[1] + 2);
+  {  // all_reduce in both groups at once: each finishes with its own group's sum
+    at::Tensor a = floats({mine, 10 * mine}), b = floats({mine});
+    auto pending_tp = mesh.tp->all_reduce_async(a);
+    auto pending_dp = mesh.dp->all_reduce_async(b);
+    pending_dp.wait();
+    pending_tp.wait();
+    EXPECT_EQ(values_of(a), (std::vector<float>{tp_sum, 10 * tp_sum}));
+    EXPECT_EQ(values_of(b), (std::vector<float>{dp_sum}));
+    at::Tensor w = floats({mine});
+    world.all_reduce(w);
+    EXPECT_EQ(values_of(w), (std::vector<float>{10}));
+  }
+  {
+    at::Tensor m = floats({mine});
+    mesh.dp->all_reduce_max(m);
+    EXPECT_EQ(values_of(m), (std::vector<float>{static_cast<float>(dp_members[1] + 1)}));
+    EXPECT_EQ(mesh.tp->sum(mine), tp_sum);
+    EXPECT_EQ(mesh.dp->mean(mine), dp_sum / 2);
+  }
+  {  // all_gather: group rank r's shard at [2r, 2r + 2)
+    at::Tensor shard = floats({mine, -mine}), full = at::zeros({4}, at::kFloat);
+    mesh.tp->all_gather(full, shard);
+    const float a = tp_members[0] + 1, b = tp_members[1] + 1;
+    EXPECT_EQ(values_of(full), (std::vector<float>{a, -a, b, -b}));
+    mesh.dp->all_gather(full, shard);
+    const float c = dp_members[0] + 1, d = dp_members[1] + 1;
+    EXPECT_EQ(values_of(full), (std::vector<float>{c, -c, d, -d}));
+  }
+  {  // reduce_scatter: full = [mine, 2 mine, 3 mine, 4 mine]; group rank r gets the sum of chunk r
+    at::Tensor full = floats({mine, 2 * mine, 3 * mine, 4 * mine}), shard = at::zeros({2}, at::kFloat);
+    mesh.tp->reduce_scatter(shard, full);
+    const int r = mesh.tp->rank();
+    EXPECT_EQ(values_of(shard), (std::vector<float>{(2 * r + 1) * tp_sum, (2 * r + 2) * tp_sum}));
+    mesh.dp->reduce_scatter(shard, full);
+    const int q = mesh.dp->rank();
+    EXPECT_EQ(values_of(shard), (std::vector<float>{(2 * q + 1) * dp_sum, (2 * q + 2) * dp_sum}));
+  }
+  {  // broadcast from group rank 1: the group's second member's value
+    at::Tensor t = floats({mine});
+    mesh.tp->broadcast(t, 1);
+    EXPECT_EQ(values_of(t), (std::vector<float>{static_cast<float>(tp_members[1] + 1)}));
+    t = floats({mine});
+    mesh.dp->broadcast(t, 1);
+    EXPECT_EQ(values_of(t), (std::vector<float>{static_cast<float>(dp_members[1] + 1)}));
+  }
+  mesh.tp->barrier();
+  mesh.dp->barrier();
+
+  // A group the rank is not in: nullptr on ranks 2 and 3, a working group on 0 and 1.
+  auto pair = world.new_group({0, 1});
+  if (me < 2) {
+    ASSERT_TRUE(pair);
+    EXPECT_EQ(pair->rank(), me);
+    EXPECT_EQ(pair->sum(mine), 3.0);
+  } else {
+    EXPECT_EQ(pair, nullptr);
+  }
+  // A group of a group: its ranks count in the parent, its world ranks stay the world's.
+  auto single = mesh.dp->new_group({1});
+  if (mesh.dp->rank() == 1) {
+    ASSERT_TRUE(single);
+    EXPECT_EQ(single->size(), 1);
+    EXPECT_EQ(single->world_ranks(), std::vector<int>{dp_members[1]});
+    EXPECT_EQ(single->sum(mine), mine);
+  } else {
+    EXPECT_EQ(single, nullptr);
+  }
+  auto whole = world.new_group({0, 1, 2, 3});  // the world again, as another group
+  ASSERT_TRUE(whole);
+  EXPECT_EQ(whole->sum(mine), 10.0);
+
+  // Bad lists: every rank refuses them alike, before the rendezvous, so the next group still forms.
+  using E = std::invalid_argument;
+  auto where = fmt::format("rank {}/4", me);
+  auto bad = message_of<E>([&] { world.new_group({2, 1}); });
+  EXPECT_CONTAINS(bad, where + ": new_group([2, 1]): the ranks must be sorted ascending, and 1 comes after 2");
+  EXPECT_CONTAINS(message_of<E>([&] { world.new_group({0, 1, 1}); }), "new_group([0, 1, 1]): rank 1 appears twice");
+  EXPECT_CONTAINS(message_of<E>([&] { world.new_group({0, 4}); }),
+                  "rank 4 is out of range: this communicator has ranks 0..3 (size 4)");
+  EXPECT_CONTAINS(message_of<E>([&] { world.new_group({-1, 0}); }), "rank -1 is out of range");
+  EXPECT_CONTAINS(message_of<E>([&] { world.new_group({}); }), "new_group([]): a group needs at least one rank");
+  EXPECT_CONTAINS(message_of<E>([&] { mesh.tp->new_group({0, 2}); }),
+                  fmt::format("rank {}/2 of group {} (world rank {}): new_group([0, 2]): rank 2 is out of range: "
+                              "this communicator has ranks 0..1 (size 2)",
+                              me % 2, me < 2 ? "[0, 1]" : "[2, 3]", me));
+  EXPECT_CONTAINS(message_of<E>([&] { dschat::make_mesh(world, 3, 2); }),
+                  "make_mesh(dp 3, tp 2): dp x tp must equal the 4 ranks of the communicator");
+  auto again = world.new_group({1, 3});
+  EXPECT_EQ(static_cast<bool>(again), me % 2 == 1);
+  if (again) EXPECT_EQ(again->sum(mine), 6.0);
+  world.barrier();
+}
+
+// A ring over the 4 world ranks, then a two-stage pipeline inside each TP group (group ranks: world 2 is rank 0
+// of {2, 3}), with tags telling two messages apart.
+void p2p_scenario(dschat::Communicator& world) {
+  ASSERT_EQ(world.size(), 4);
+  const int me = world.rank(), n = world.size();
+  {  // the ring: send to the next rank, receive from the previous, three times round
+    at::Tensor token = at::full({1000}, static_cast<float>(me), at::kFloat);
+    for (int hop = 1; hop <= 3; ++hop) {
+      at::Tensor incoming = at::empty({1000}, at::kFloat);
+      auto sent = world.send_async(token, (me + 1) % n);
+      world.recv(incoming, (me + n - 1) % n);
+      sent.wait();
+      EXPECT_TRUE(at::equal(incoming, at::full({1000}, static_cast<float>((me + n - hop) % n), at::kFloat)))
+          << "hop " << hop << ": " << incoming.slice(0, 0, 3);
+      token = incoming;
+    }
+  }
+  auto mesh = dschat::make_mesh(world, 2, 2);
+  ASSERT_TRUE(mesh.tp);
+  auto& stage = *mesh.tp;
+  // Stage 0 (world rank 0 or 2) sends activations to stage 1, which sends back a gradient that depends on both.
+  const at::Tensor input = at::arange(6, at::kDouble).reshape({2, 3}) + 100 * me;
+  if (stage.rank() == 0) {
+    stage.send(input, 1);
+    at::Tensor grad = at::empty({2, 3}, at::kDouble);
+    stage.recv(grad, 1);
+    EXPECT_TRUE(at::equal(grad, 2 * input + (me + 1))) << "stage 0 (world rank " << me << ") got " << grad;
+  } else {
+    at::Tensor activations = at::empty({2, 3}, at::kDouble);
+    stage.recv(activations, 0);
+    EXPECT_TRUE(at::equal(activations, at::arange(6, at::kDouble).reshape({2, 3}) + 100 * (me - 1)))
+        << "stage 1 (world rank " << me << ") got " << activations;
+    stage.send(2 * activations + me, 0);
+  }
+  // Tags: two messages to the same peer, received in the other order.
+  if (stage.rank() == 0) {
+    auto first = stage.send_async(at::full({4}, 1, at::kLong), 1, /*tag=*/1);
+    auto second = stage.send_async(at::full({4}, 2, at::kLong), 1, /*tag=*/2);
+    first.wait();
+    second.wait();
+  } else {
+    at::Tensor two = at::empty({4}, at::kLong), one = at::empty({4}, at::kLong);
+    auto pending = stage.recv_async(two, 0, 2);
+    stage.recv(one, 0, 1);
+    pending.wait();
+    EXPECT_TRUE(at::equal(one, at::full({4}, 1, at::kLong))) << one;
+    EXPECT_TRUE(at::equal(two, at::full({4}, 2, at::kLong))) << two;
+  }
+  // Bad peers, refused before anything is sent.
+  using E = std::invalid_argument;
+  at::Tensor t = at::zeros({2});
+  EXPECT_CONTAINS(message_of<E>([&] { world.send(t, me); }),
+                  fmt::format("rank {0}/4: send destination rank {0} is this rank: a rank cannot send to itself", me));
+  EXPECT_CONTAINS(message_of<E>([&] { world.recv(t, me); }), "a rank cannot receive from itself");
+  EXPECT_CONTAINS(message_of<E>([&] { world.send(t, 4); }),
+                  "send destination rank 4 is out of range: this communicator has ranks 0..3 (size 4)");
+  EXPECT_CONTAINS(message_of<E>([&] { world.recv(t, -1); }), "recv source rank -1 is out of range");
+  EXPECT_CONTAINS(message_of<E>([&] { stage.send(t, 2); }),
+                  fmt::format("of group {} (world rank {}): send destination rank 2 is out of range",
+                              me < 2 ? "[0, 1]" : "[2, 3]", me));
+  EXPECT_CONTAINS(message_of<E>([&] { world.send(t, (me + 1) % n, -3); }), "tag -3 is negative");
+  at::Tensor strided = at::zeros({4, 4}).t();
+  EXPECT_CONTAINS(message_of<E>([&] { world.recv(strided, (me + 1) % n); }), "of a non-contiguous tensor");
+  world.barrier();
+}
+
+// Rank 1 dies (`signal`: KILL) or stops answering (STOP) while rank 0 waits in recv on a group of both; rank 0
+// writes what it was told and after how long.
+void peer_fails_scenario(dschat::Communicator& world, int signal) {
+  ASSERT_EQ(world.size(), 2);
+  auto pair = world.new_group({0, 1});
+  ASSERT_TRUE(pair);
+  pair->barrier();
+  if (world.rank() == 1) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));  // rank 0 is in recv by now
+    ::raise(signal);
+    std::this_thread::sleep_for(std::chrono::seconds(120));  // not reached for KILL; STOP is killed by the launcher
+    return;
+  }
+  at::Tensor t = at::zeros({8});
+  const auto start = std::chrono::steady_clock::now();
+  const std::string error = message_of<dschat::DistributedError>([&] { pair->recv(t, 1); });
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const char* dir = std::getenv(kScenarioDirEnv);
+  std::ofstream(fs::path(dir) / "error.txt") << error;
+  std::ofstream(fs::path(dir) / "recv-seconds.txt") << seconds;
+}
+
+}  // namespace
+
+// The body of one rank, run by the processes the Communicator tests start; skipped in a plain test run.
+TEST(CommunicatorWorker, Rank) {
+  const char* scenario = std::getenv(kScenarioEnv);
+  if (scenario == nullptr) GTEST_SKIP() << "started by the Communicator* tests";
+  const std::string name = scenario;
+  dschat::DistributedOptions options;
+  options.backend = "gloo";
+  options.timeout_s = name == "stopped" ? 6 : 60;
+  const auto env = dschat::detect_launch_environment();
+  std::ofstream(fs::path(std::getenv(kScenarioDirEnv)) / fmt::format("rank{}.pid", env.rank)) << ::getpid();
+  dschat::init_world(env, options);
+  auto& world = dschat::world();
+  if (name == "mesh") mesh_scenario(world);
+  else if (name == "p2p") p2p_scenario(world);
+  else if (name == "killed") peer_fails_scenario(world, SIGKILL);
+  else if (name == "stopped") peer_fails_scenario(world, SIGSTOP);
+  else FAIL() << "unknown scenario " << name;
+}
+
+// One process: new_group({0}) is another size-1 communicator, a mesh is 1 x 1, and every bad argument is named.
+TEST(CommunicatorGroups, OneRankWorld) {
+  auto& world = dschat::world();
+  ASSERT_EQ(world.size(), 1);
+  auto group = world.new_group({0});
+  ASSERT_TRUE(group);
+  EXPECT_EQ(group->size(), 1);
+  EXPECT_EQ(group->rank(), 0);
+  EXPECT_EQ(group->world_ranks(), std::vector<int>{0});
+  at::Tensor t = floats({3, 4});
+  group->all_reduce(t);
+  group->barrier();
+  EXPECT_EQ(values_of(t), (std::vector<float>{3, 4}));
+  EXPECT_EQ(group->sum(2.5), 2.5);
+  auto mesh = dschat::make_mesh(world, 1, 1);
+  ASSERT_TRUE(mesh.dp && mesh.tp);
+  EXPECT_EQ(mesh.tp->size(), 1);
+
+  using E = std::invalid_argument;
+  EXPECT_CONTAINS(message_of<E>([&] { world.new_group({}); }),
+                  "rank 0/1: new_group([]): a group needs at least one rank");
+  EXPECT_CONTAINS(message_of<E>([&] { world.new_group({1}); }),
+                  "new_group([1]): rank 1 is out of range: this communicator has ranks 0..0 (size 1)");
+  EXPECT_CONTAINS(message_of<E>([&] { world.new_group({0, 0}); }), "new_group([0, 0]): rank 0 appears twice");
+  EXPECT_CONTAINS(message_of<E>([&] { group->send(t, 0); }), "send destination rank 0 is this rank");
+  EXPECT_CONTAINS(message_of<E>([&] { world.recv(t, 1); }), "recv source rank 1 is out of range");
+  EXPECT_CONTAINS(message_of<E>([&] { dschat::make_mesh(world, 2, 1); }), "make_mesh(dp 2, tp 1)");
+}
+
+TEST(CommunicatorGroups, TwoByTwoMeshOnFourGlooRanks) {
+  auto ranks = start_ranks("mesh", 4);
+  expect_all_passed(ranks);
+  std::cout << fmt::format("4-rank mesh scenario: {:.2f} s\n", ranks.seconds);
+}
+
+TEST(CommunicatorPointToPoint, RingPipelineAndTagsOnFourGlooRanks) {
+  auto ranks = start_ranks("p2p", 4);
+  expect_all_passed(ranks);
+  std::cout << fmt::format("4-rank send/recv scenario: {:.2f} s\n", ranks.seconds);
+}
+
+// Rank 1 is killed while rank 0 waits for its tensor: Gloo sees the connection close, and rank 0's recv throws
+// at once (well within the 60 s timeout), naming the rank, its group and the operation.
+TEST(CommunicatorPointToPoint, APeerKilledDuringRecvFailsTheReceiver) {
+  auto ranks = start_ranks("killed", 2);
+  const fs::path dir = out_root() / "comm-killed";
+  EXPECT_EQ(ranks.rc[0], 0) << ranks.log[0];
+  EXPECT_NE(ranks.rc[1], 0) << ranks.log[1];
+  const std::string error = read_text(dir / "error.txt");
+  EXPECT_CONTAINS(error, "rank 0/2 of group [0, 1] (world rank 0): recv from rank 1 of 8 Float elements failed (gloo)");
+  EXPECT_CONTAINS(error, "died");
+  const auto seconds = read_text(dir / "recv-seconds.txt");
+  ASSERT_FALSE(seconds.empty()) << ranks.log[0];
+  EXPECT_LT(std::stod(seconds), 30.0) << error;
+  std::cout << fmt::format("rank 0's recv failed {} s after it started (rank 1 killed at 0.5 s): {}\n", seconds, error);
+}
+
+// Rank 1 stops answering (SIGSTOP: alive, its connections open): rank 0's recv gives up at the 6 s timeout.
+TEST(CommunicatorPointToPoint, AStoppedPeerFailsTheReceiverAtTheTimeout) {
+  auto ranks = start_ranks("stopped", 2, /*kill_after_rank0=*/true);
+  const fs::path dir = out_root() / "comm-stopped";
+  EXPECT_EQ(ranks.rc[0], 0) << ranks.log[0];
+  const std::string error = read_text(dir / "error.txt");
+  EXPECT_CONTAINS(error, "rank 0/2 of group [0, 1] (world rank 0): recv from rank 1 of 8 Float elements failed");
+  EXPECT_CONTAINS(error, "timeout (6 s");
+  const auto seconds = read_text(dir / "recv-seconds.txt");
+  ASSERT_FALSE(seconds.empty()) << ranks.log[0];
+  EXPECT_GT(std::stod(seconds), 5.0) << error;
+  EXPECT_LT(std::stod(seconds), 6.0 + 10.0) << error;
+  std::cout << fmt::format("rank 0's recv failed {} s after it started (timeout 6 s): {}\n", seconds, error);
 }

@@ -26,6 +26,7 @@
 #include <thread>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include "dschat/sdk/distributed.h"
 
@@ -52,6 +53,97 @@ double Communicator::max(double value) {
 
 namespace {
 
+std::string rank_list(const std::vector<int>& ranks) { return fmt::format("[{}]", fmt::join(ranks, ", ")); }
+
+// "rank 1/2", or for a sub-group "rank 1/2 of group [1, 3] (world rank 3)".
+std::string where(const Communicator& comm);
+
+void check_peer(const Communicator& comm, const char* what, const char* role, int peer, const at::Tensor& tensor,
+                int tag) {
+  auto fail = [&](const std::string& problem) {
+    throw std::invalid_argument(fmt::format("{}: {} {}", where(comm), what, problem));
+  };
+  if (peer < 0 || peer >= comm.size())
+    fail(fmt::format("{} rank {} is out of range: this communicator has ranks 0..{} (size {})", role, peer,
+                     comm.size() - 1, comm.size()));
+  if (peer == comm.rank())
+    fail(fmt::format("{} rank {} is this rank: a rank cannot {} itself", role, peer,
+                     std::string(what) == "send" ? "send to" : "receive from"));
+  if (tag < 0) fail(fmt::format("tag {} is negative", tag));
+  if (!tensor.defined()) fail("of an undefined tensor");
+  if (!tensor.is_contiguous()) fail(fmt::format("of a non-contiguous tensor (sizes {})", c10::str(tensor.sizes())));
+}
+
+void check_group(const Communicator& comm, const std::vector<int>& ranks) {
+  auto fail = [&](const std::string& problem) {
+    throw std::invalid_argument(fmt::format("{}: new_group({}): {}", where(comm), rank_list(ranks), problem));
+  };
+  if (ranks.empty()) fail("a group needs at least one rank");
+  for (size_t i = 0; i < ranks.size(); ++i) {
+    if (ranks[i] < 0 || ranks[i] >= comm.size())
+      fail(fmt::format("rank {} is out of range: this communicator has ranks 0..{} (size {})", ranks[i],
+                       comm.size() - 1, comm.size()));
+    if (i > 0 && ranks[i] == ranks[i - 1]) fail(fmt::format("rank {} appears twice", ranks[i]));
+    if (i > 0 && ranks[i] < ranks[i - 1])
+      fail(fmt::format("the ranks must be sorted ascending, and {} comes after {}", ranks[i], ranks[i - 1]));
+  }
+}
+
+}  // namespace
+
+PendingCollective Communicator::send_async(const at::Tensor& tensor, int dst, int tag) {
+  check_peer(*this, "send", "destination", dst, tensor, tag);
+  return start_send(tensor, dst, tag);
+}
+
+PendingCollective Communicator::recv_async(at::Tensor& tensor, int src, int tag) {
+  check_peer(*this, "recv", "source", src, tensor, tag);
+  return start_recv(tensor, src, tag);
+}
+
+std::shared_ptr<Communicator> Communicator::new_group(const std::vector<int>& ranks) {
+  check_group(*this, ranks);
+  return make_group(ranks);
+}
+
+std::vector<int> Communicator::world_ranks() const {
+  std::vector<int> ranks(size());
+  for (int r = 0; r < size(); ++r) ranks[r] = r;
+  return ranks;
+}
+
+PendingCollective Communicator::start_send(const at::Tensor&, int, int) {
+  throw std::logic_error(fmt::format("send: the {} communicator has no point-to-point operations", backend()));
+}
+PendingCollective Communicator::start_recv(at::Tensor&, int, int) {
+  throw std::logic_error(fmt::format("recv: the {} communicator has no point-to-point operations", backend()));
+}
+std::shared_ptr<Communicator> Communicator::make_group(const std::vector<int>&) {
+  throw std::logic_error(fmt::format("new_group: the {} communicator has no sub-groups", backend()));
+}
+
+Mesh make_mesh(Communicator& parent, int dp, int tp) {
+  if (dp < 1 || tp < 1 || dp * tp != parent.size())
+    throw std::invalid_argument(fmt::format("{}: make_mesh(dp {}, tp {}): dp x tp must equal the {} ranks of the "
+                                            "communicator",
+                                            where(parent), dp, tp, parent.size()));
+  Mesh mesh;
+  // The same order on every rank: the TP groups, then the DP groups.
+  for (int d = 0; d < dp; ++d) {
+    std::vector<int> ranks;
+    for (int t = 0; t < tp; ++t) ranks.push_back(d * tp + t);
+    if (auto group = parent.new_group(ranks)) mesh.tp = std::move(group);
+  }
+  for (int t = 0; t < tp; ++t) {
+    std::vector<int> ranks;
+    for (int d = 0; d < dp; ++d) ranks.push_back(d * tp + t);
+    if (auto group = parent.new_group(ranks)) mesh.dp = std::move(group);
+  }
+  return mesh;
+}
+
+namespace {
+
 // One process: every collective is the identity.
 class LocalCommunicator : public Communicator {
  public:
@@ -71,17 +163,63 @@ class LocalCommunicator : public Communicator {
   }
   void broadcast(at::Tensor&, int) override {}
   void barrier() override {}
+
+ protected:
+  // A size-1 group has no peer: send_async and recv_async refuse every rank before reaching here.
+  std::shared_ptr<Communicator> make_group(const std::vector<int>&) override {
+    return std::make_shared<LocalCommunicator>();
+  }
 };
+
+// What a process group needs to start sub-groups of itself.
+struct GroupFactory {
+  std::string backend;                                            // "gloo" | "nccl"
+  std::vector<std::shared_ptr<::gloo::transport::Device>> devices;  // gloo: shared by every group
+  std::chrono::milliseconds timeout;
+};
+
+c10::intrusive_ptr<c10d::Backend> start_group(const GroupFactory& factory, const c10::intrusive_ptr<c10d::Store>& store,
+                                              int rank, int size) {
+  if (factory.backend == "gloo") {
+    auto gloo_options = c10d::ProcessGroupGloo::Options::create();
+    gloo_options->timeout = factory.timeout;
+    gloo_options->devices = factory.devices;
+    return c10::make_intrusive<c10d::ProcessGroupGloo>(store, rank, size, gloo_options);
+  }
+#ifdef DSCHAT_WITH_CUDA
+  auto nccl_options = c10d::ProcessGroupNCCL::Options::create();
+  nccl_options->timeout = factory.timeout;
+  return c10::make_intrusive<c10d::ProcessGroupNCCL>(store, rank, size, nccl_options);
+#else
+  throw std::invalid_argument("the NCCL backend needs a CUDA build of dschat (cmake -DDSCHAT_CUDA=ON)");
+#endif
+}
 
 class ProcessGroupCommunicator : public Communicator {
  public:
-  ProcessGroupCommunicator(c10::intrusive_ptr<c10d::Backend> group, std::string backend, int rank, int size,
-                           std::chrono::milliseconds timeout)
-      : group_(std::move(group)), backend_(std::move(backend)), rank_(rank), size_(size), timeout_(timeout) {}
+  // `world_ranks`: the members' world ranks (empty: the world itself); `store`: this group's own prefix.
+  ProcessGroupCommunicator(c10::intrusive_ptr<c10d::Backend> group, GroupFactory factory,
+                           c10::intrusive_ptr<c10d::Store> store, int rank, int size, std::vector<int> world_ranks)
+      : group_(std::move(group)),
+        factory_(std::move(factory)),
+        store_(std::move(store)),
+        backend_(factory_.backend),
+        rank_(rank),
+        size_(size),
+        timeout_(factory_.timeout),
+        world_ranks_(std::move(world_ranks)) {
+    where_ = world_ranks_.empty() ? fmt::format("rank {}/{}", rank_, size_)
+                                  : fmt::format("rank {}/{} of group {} (world rank {})", rank_, size_,
+                                                rank_list(world_ranks_), world_ranks_[rank_]);
+  }
 
+  const std::string& where() const { return where_; }
   int rank() const override { return rank_; }
   int size() const override { return size_; }
   std::string backend() const override { return backend_; }
+  std::vector<int> world_ranks() const override {
+    return world_ranks_.empty() ? Communicator::world_ranks() : world_ranks_;
+  }
   double timeout_s() const override { return static_cast<double>(timeout_.count()) / 1000.0; }
 
   PendingCollective all_reduce_async(at::Tensor& tensor) override {
@@ -144,6 +282,51 @@ class ProcessGroupCommunicator : public Communicator {
     }).wait();
   }
 
+ protected:
+  PendingCollective start_send(const at::Tensor& tensor, int dst, int tag) override {
+    const std::string what = fmt::format("send to rank {}", dst);
+    return run(what.c_str(), tensor, [&] {
+      std::vector<at::Tensor> tensors{tensor};
+      return group_->send(tensors, dst, tag);
+    });
+  }
+  PendingCollective start_recv(at::Tensor& tensor, int src, int tag) override {
+    const std::string what = fmt::format("recv from rank {}", src);
+    return run(what.c_str(), tensor, [&] {
+      std::vector<at::Tensor> tensors{tensor};
+      return group_->recv(tensors, src, tag);
+    });
+  }
+
+  // As torch.distributed.new_group: the n-th group made from this communicator rendezvous under "group/<n>" of
+  // this communicator's store, so neither the world's keys nor another group's collide with it; non-members
+  // only count it.
+  std::shared_ptr<Communicator> make_group(const std::vector<int>& ranks) override {
+    const int64_t index = groups_made_++;
+    const auto at = std::find(ranks.begin(), ranks.end(), rank_);
+    if (at == ranks.end()) return nullptr;
+    const int group_rank = static_cast<int>(at - ranks.begin());
+    const int group_size = static_cast<int>(ranks.size());
+    const std::vector<int> mine = world_ranks();
+    std::vector<int> members;
+    for (int r : ranks) members.push_back(mine[r]);
+    auto store = c10::make_intrusive<c10d::PrefixStore>(fmt::format("group/{}", index), store_);
+    c10::intrusive_ptr<c10d::Backend> group;
+    try {
+      group = start_group(factory_, store, group_rank, group_size);
+    } catch (const std::invalid_argument&) {
+      throw;
+    } catch (const std::exception& e) {
+      std::string cause = e.what();
+      throw DistributedError(fmt::format(
+          "{}: starting the {} group {} (world ranks) failed within {:.0f} s: {}. Every rank of the communicator "
+          "must call new_group with the same ranks, in the same order",
+          where_, backend_, rank_list(members), timeout_s(), cause.substr(0, cause.find('\n'))));
+    }
+    return std::make_shared<ProcessGroupCommunicator>(std::move(group), factory_, std::move(store), group_rank,
+                                                      group_size, std::move(members));
+  }
+
  private:
   // Starts a collective; its failure (at start or on wait) becomes a DistributedError that says which rank, which
   // collective, and what most likely happened.
@@ -169,16 +352,26 @@ class ProcessGroupCommunicator : public Communicator {
   DistributedError failure(const std::string& label, const std::string& cause) const {
     std::string first_line = cause.substr(0, cause.find('\n'));
     return DistributedError(fmt::format(
-        "rank {}/{}: {} failed ({}): {}. Another rank has most likely died or stopped responding; every rank gives "
+        "{}: {} failed ({}): {}. Another rank has most likely died or stopped responding; every rank gives "
         "up within the timeout ({:.0f} s, [distributed] timeout_s)",
-        rank_, size_, label, backend_, first_line, timeout_s()));
+        where_, label, backend_, first_line, timeout_s()));
   }
 
   c10::intrusive_ptr<c10d::Backend> group_;
+  GroupFactory factory_;
+  c10::intrusive_ptr<c10d::Store> store_;
   std::string backend_;
   int rank_, size_;
   std::chrono::milliseconds timeout_;
+  std::vector<int> world_ranks_;
+  std::string where_;
+  int64_t groups_made_ = 0;
 };
+
+std::string where(const Communicator& comm) {
+  if (auto* group = dynamic_cast<const ProcessGroupCommunicator*>(&comm)) return group->where();
+  return fmt::format("rank {}/{}", comm.rank(), comm.size());
+}
 
 std::mutex world_mutex;
 std::unique_ptr<Communicator> world_communicator;
@@ -289,29 +482,23 @@ void init_world(const LaunchEnvironment& env, const DistributedOptions& options)
         env.master_port, options.timeout_s, cause.substr(0, cause.find('\n'))));
   }
 
+  GroupFactory factory{backend, {}, timeout};
   c10::intrusive_ptr<c10d::Backend> group;
   try {
     if (backend == "gloo") {
-      auto gloo_options = c10d::ProcessGroupGloo::Options::create();
-      gloo_options->timeout = timeout;
       // GLOO_SOCKET_IFNAME picks the interface (as in PyTorch); a loopback store means one machine.
       if (const char* ifname = std::getenv("GLOO_SOCKET_IFNAME"); ifname && *ifname)
-        gloo_options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForInterface(ifname));
+        factory.devices.push_back(c10d::ProcessGroupGloo::createDeviceForInterface(ifname));
       else if (is_loopback(env.master_addr))
-        gloo_options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1"));
+        factory.devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1"));
       else
-        gloo_options->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
-      group = c10::make_intrusive<c10d::ProcessGroupGloo>(store, env.rank, env.world_size, gloo_options);
+        factory.devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
     } else {
 #ifdef DSCHAT_WITH_CUDA
       c10::cuda::set_device(static_cast<c10::DeviceIndex>(env.local_rank));
-      auto nccl_options = c10d::ProcessGroupNCCL::Options::create();
-      nccl_options->timeout = timeout;
-      group = c10::make_intrusive<c10d::ProcessGroupNCCL>(store, env.rank, env.world_size, nccl_options);
-#else
-      throw std::invalid_argument("the NCCL backend needs a CUDA build of dschat (cmake -DDSCHAT_CUDA=ON)");
 #endif
     }
+    group = start_group(factory, store, env.rank, env.world_size);
   } catch (const std::invalid_argument&) {
     throw;
   } catch (const std::exception& e) {
@@ -320,8 +507,8 @@ void init_world(const LaunchEnvironment& env, const DistributedOptions& options)
                                        env.rank, env.world_size, backend, options.timeout_s,
                                        cause.substr(0, cause.find('\n'))));
   }
-  world_communicator =
-      std::make_unique<ProcessGroupCommunicator>(std::move(group), backend, env.rank, env.world_size, timeout);
+  world_communicator = std::make_unique<ProcessGroupCommunicator>(std::move(group), std::move(factory), store, env.rank,
+                                                                  env.world_size, std::vector<int>{});
 }
 
 Communicator& world() {

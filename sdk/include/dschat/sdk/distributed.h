@@ -7,9 +7,22 @@
 //   comm.all_reduce(grads);                   // sum over ranks, in place
 //   double loss = comm.mean(local_loss);      // Gloo has no AVG: summed, divided here
 //
-// A collective that fails (a peer died: Gloo sees the connection close) or does not finish within the timeout
-// throws DistributedError naming this rank, the collective and the timeout; the host then exits non-zero at once
-// instead of waiting on the remaining ranks.
+// Sub-groups, for 2-D layouts (TP x DP) and pipelines: as torch.distributed.new_group, every rank of the parent
+// calls new_group with the same list, in the same order as its other new_group calls; members get a communicator
+// whose rank() and size() count inside the group, non-members get nullptr. make_mesh builds both groups of a
+// dp x tp layout. Point-to-point send/recv (ranks of the communicator they are called on) block as c10d's do:
+// send until the tensor is handed to the transport, recv until it has arrived.
+//
+//   auto mesh = dschat::make_mesh(comm, /*dp=*/2, /*tp=*/2);  // TP {0,1},{2,3}; DP {0,2},{1,3}
+//   mesh.tp->all_reduce(partial);                             // inside this rank's TP group only
+//   auto pipe = comm.new_group({0, 1});                       // nullptr on ranks 2 and 3
+//   if (pipe && pipe->rank() == 0) pipe->send(activations, 1);
+//
+// A collective or send/recv that fails (a peer died: Gloo sees the connection close) or does not finish within
+// the timeout throws DistributedError naming this rank (and its group), the operation and the timeout; the host
+// then exits non-zero at once instead of waiting on the remaining ranks. A bad argument (a group list that is not
+// sorted, unique and within the communicator; a peer that is this rank or out of range) throws
+// std::invalid_argument before anything is sent.
 //
 // c10d's headers (and Gloo's) stay out of this file: plugins include it without them.
 #include <cstdint>
@@ -17,6 +30,7 @@
 #include <memory>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include <ATen/core/Tensor.h>
 
@@ -93,11 +107,44 @@ class DSCHAT_SDK_API Communicator {
   virtual void broadcast(at::Tensor& tensor, int root) = 0;
   virtual void barrier() = 0;
 
+  // Point-to-point between two ranks of this communicator, on a contiguous tensor; the receiver's tensor has the
+  // sender's dtype and element count. `tag` (>= 0) tells apart messages between the same pair (Gloo; NCCL
+  // ignores it). Sending to oneself or to a rank outside [0, size()) throws std::invalid_argument.
+  PendingCollective send_async(const at::Tensor& tensor, int dst, int tag = 0);
+  void send(const at::Tensor& tensor, int dst, int tag = 0) { send_async(tensor, dst, tag).wait(); }
+  PendingCollective recv_async(at::Tensor& tensor, int src, int tag = 0);
+  void recv(at::Tensor& tensor, int src, int tag = 0) { recv_async(tensor, src, tag).wait(); }
+
+  // A sub-communicator over `ranks` (ranks of this communicator: world ranks when called on world()), sorted,
+  // unique and non-empty, else std::invalid_argument. Collective: every rank of this communicator calls it with
+  // the same list, in the same order; the members build the group (same backend and timeout), the others get
+  // nullptr. On a size-1 communicator new_group({0}) is another size-1 one.
+  std::shared_ptr<Communicator> new_group(const std::vector<int>& ranks);
+  // The world ranks of the members, in group order (0 .. size() - 1 for the world).
+  virtual std::vector<int> world_ranks() const;
+
   // Scalars, for metrics and decisions every rank must take alike.
   double sum(double value);
   double mean(double value) { return sum(value) / size(); }
   double max(double value);
+
+ protected:
+  // Called with checked arguments. The defaults throw std::logic_error: this communicator has no point-to-point
+  // or sub-groups.
+  virtual PendingCollective start_send(const at::Tensor& tensor, int dst, int tag);
+  virtual PendingCollective start_recv(at::Tensor& tensor, int src, int tag);
+  // Called on every rank of this communicator; returns nullptr where this rank is not in `ranks`.
+  virtual std::shared_ptr<Communicator> make_group(const std::vector<int>& ranks);
 };
+
+// A dp x tp layout of `parent`'s ranks, tensor-parallel ranks adjacent (Megatron's order): rank = d * tp + t, so
+// the TP groups are {d * tp .. d * tp + tp - 1} and the DP groups {t, tp + t, 2 tp + t, ...}. Collective over
+// `parent` (it creates every group, in the same order on every rank); dp * tp must equal parent.size().
+struct Mesh {
+  std::shared_ptr<Communicator> dp;  // this rank's data-parallel group: size dp, rank() == d
+  std::shared_ptr<Communicator> tp;  // this rank's tensor-parallel group: size tp, rank() == t
+};
+DSCHAT_SDK_API Mesh make_mesh(Communicator& parent, int dp, int tp);
 
 // Joins the process group described by `env` (world_size 1: a local no-op communicator). Throws
 // DistributedError when the rendezvous does not complete within the timeout (naming the store address).
