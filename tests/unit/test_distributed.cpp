@@ -284,6 +284,25 @@ TEST(TwoRanks, PpoRolloutsWithTensorParallelGeneration) {
   for (double d : diffs) EXPECT_LT(d, 1e-4) << "TP=2 generation vs the whole actor's training path";
 }
 
+// TP x DP rollouts (DeepSpeed-Chat's inference_tp_size): 4 ranks as 2 TP groups of 2 ({0,1}, {2,3}); each group
+// decodes its own members' prompts on its shards. Each rank's rows agree with its whole-model training path.
+TEST(FourRanks, PpoRolloutsInTensorParallelGroupsOfTwo) {
+  auto file = write_ppo_pipeline("ppo-tp2x2", "plugin = \"zero\"\nstage = 2", "inference_tp_size = 2");
+  auto result = run_command(fmt::format("OMP_NUM_THREADS=1 {} --standalone --nproc-per-node 4 --no-python {} run {}",
+                                        torchrun(), DSCHAT_EXE, file.string()));
+  ASSERT_EQ(result.exit_code, 0) << result.output;
+  auto diffs = metric(out_root() / "ppo-tp2x2" / "rlhf", "consistency/max_abs_diff");
+  ASSERT_EQ(diffs.size(), 2u);
+  for (double d : diffs) EXPECT_LT(d, 1e-4) << "TP=2 (of 4 ranks) generation vs the whole actor's training path";
+  // A size that does not divide the ranks is refused at validate, naming the key.
+  auto refused = run_command(fmt::format("{} --standalone --nproc-per-node 4 --no-python {} validate {} "
+                                         "--set stage.rlhf.inference_tp_size=3",
+                                         torchrun(), DSCHAT_EXE, file.string()));
+  EXPECT_NE(refused.exit_code, 0);
+  EXPECT_NE(refused.output.find("inference_tp_size: must divide the number of ranks (4)"), std::string::npos)
+      << refused.output;
+}
+
 TEST(TwoRanks, QuickstartRunsAsTheReadmeSays) {
   const auto out = out_root() / "quickstart-2rank";
   fs::remove_all(out);

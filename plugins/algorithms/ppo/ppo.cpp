@@ -53,6 +53,8 @@
 //   overflow in the actor or the critic skips both steps of that micro-batch (train/overflow_skipped_steps)
 //   generation_tensor_parallel false -- the hybrid engine's TP rollouts: every rank holds a Megatron shard of
 //   the actor (all ranks form one TP group), the ranks' prompts are generated together and each keeps its rows
+//   inference_tp_size 0 -- DeepSpeed-Chat's flag: TP rollouts in groups of this many adjacent ranks (TP x DP:
+//   each group decodes its members' prompts); 0 = the whole run when generation_tensor_parallel, else none
 //   reuse_experience_forwards true -- the first micro-batch's training forwards are its experience forwards (see
 //   above); false runs them twice, as DeepSpeed-Chat does, and frees the experience activations sooner
 //   debug_corrupt_generation_logprobs 0 -- a test hook: added to the generation log-probs before the
@@ -138,6 +140,7 @@ struct PpoOptions {
   bool trim_prompt_padding = true;
   bool save_critic = true;
   bool generation_tensor_parallel = false;
+  int64_t inference_tp_size = 1;  // ranks per TP generation group (resolved: 1 = no TP rollouts)
   bool reuse_experience_forwards = true;
   int64_t checkpoint_interval = 0;  // rollouts between checkpoints (taken after a training flush); 0: none
   int64_t max_nonfinite_steps = 3;  // actor or critic steps in a row skipped for NaN/inf before the stage stops
@@ -206,6 +209,20 @@ PpoOptions read_options(const ConfigTable& t) {
   o.trim_prompt_padding = t.get_bool("trim_prompt_padding", true);
   o.save_critic = t.get_bool("save_critic", true);
   o.generation_tensor_parallel = t.get_bool("generation_tensor_parallel", false);
+  // The launcher's world, not the process group: validate runs before the group exists (as the tp strategy).
+  int64_t world_size = world().size();
+  try {
+    world_size = std::max<int64_t>(world_size, detect_launch_environment().world_size);
+  } catch (const std::invalid_argument&) {  // inconsistent variables: the rendezvous reports them
+  }
+  const int64_t tp = t.get_int("inference_tp_size", 0, 0);
+  if (tp > 0 && world_size % tp != 0)
+    t.fail("inference_tp_size", fmt::format("must divide the number of ranks ({}) into TP groups", world_size));
+  if (tp > 0 && o.generation_tensor_parallel && tp != world_size)
+    t.fail("inference_tp_size", fmt::format("generation_tensor_parallel = true means one TP group of all {} ranks; "
+                                            "set one of the two", world_size));
+  o.inference_tp_size = tp > 0 ? tp : (o.generation_tensor_parallel ? world_size : 1);
+  o.generation_tensor_parallel = o.generation_tensor_parallel || o.inference_tp_size > 1;
   o.reuse_experience_forwards = t.get_bool("reuse_experience_forwards", true);
   // Test hook: added to the generation log-probs before the consistency check, to prove the check trips.
   o.debug_corrupt_generation_logprobs = t.get_float("debug_corrupt_generation_logprobs", 0.0);
@@ -432,30 +449,35 @@ void Ppo::run(StageContext& ctx) {
 
   // ---- TP rollouts: one Megatron shard of the actor per rank, refreshed from the (whole) actor each rollout ----
   std::shared_ptr<CausalLM> tp_shard;
+  // TP x DP: groups of inference_tp_size adjacent ranks (made here, on every rank, in the same order).
+  Mesh mesh;
+  if (o_.generation_tensor_parallel && o_.inference_tp_size < comm.size())
+    mesh = make_mesh(comm, comm.size() / static_cast<int>(o_.inference_tp_size), static_cast<int>(o_.inference_tp_size));
+  Communicator& tp_group = mesh.tp ? *mesh.tp : comm;
   auto generate_tensor_parallel = [&](const PromptBatch& batch, const SamplingOptions& options) {
     GenerationView view(*actor);  // LoRA fused, eval, no grad: the shard copies what generation would see
     if (!tp_shard) {
-      tp_shard = make_tensor_parallel_shard(*handle.family, *actor, comm);
+      tp_shard = make_tensor_parallel_shard(*handle.family, *actor, tp_group);
     } else {
       refresh_tensor_parallel_shard(*tp_shard, *handle.family, *actor);
     }
     tp_shard->eval();
-    // Every rank decodes every rank's prompts (left-padded to the longest), in lockstep, and keeps its rows.
+    // Every rank of the TP group decodes the group's prompts (left-padded to the longest), in lockstep, and keeps its rows.
     const int64_t rows = batch.input_ids.size(0);
-    const auto P = static_cast<int64_t>(comm.max(static_cast<double>(batch.input_ids.size(1))));
-    TORCH_CHECK(static_cast<int64_t>(comm.max(static_cast<double>(rows))) == rows,
-                "generation_tensor_parallel needs the same number of prompts on every rank");
+    const auto P = static_cast<int64_t>(tp_group.max(static_cast<double>(batch.input_ids.size(1))));
+    TORCH_CHECK(static_cast<int64_t>(tp_group.max(static_cast<double>(rows))) == rows,
+                "TP rollouts need the same number of prompts on every rank of a TP group");
     auto left_pad = [&](const at::Tensor& t, int64_t value) {
       return at::cat({at::full({rows, P - t.size(1)}, value, t.options()), t}, 1).contiguous();
     };
     at::Tensor ids = left_pad(batch.input_ids.to(device), pad_id), mask = left_pad(batch.attention_mask.to(device), 0);
-    at::Tensor all_ids = at::empty({rows * comm.size(), P}, ids.options());
-    at::Tensor all_mask = at::empty({rows * comm.size(), P}, mask.options());
-    comm.all_gather(all_ids, ids);
-    comm.all_gather(all_mask, mask);
+    at::Tensor all_ids = at::empty({rows * tp_group.size(), P}, ids.options());
+    at::Tensor all_mask = at::empty({rows * tp_group.size(), P}, mask.options());
+    tp_group.all_gather(all_ids, ids);
+    tp_group.all_gather(all_mask, mask);
     GenerationResult all = generator->generate(*tp_shard, all_ids, all_mask, options);
     GenerationResult mine;
-    const int64_t first = comm.rank() * rows;
+    const int64_t first = tp_group.rank() * rows;
     mine.prompt_length = all.prompt_length;
     mine.sequences = all.sequences.narrow(0, first, rows).contiguous();
     mine.attention_mask = all.attention_mask.narrow(0, first, rows).contiguous();

@@ -26,10 +26,11 @@ class TensorParallelStrategy : public dschat::Strategy {
     } catch (const std::invalid_argument&) {  // inconsistent variables: the rendezvous reports them
     }
     tp_size_ = options.get_int("tp_size", world, 1);
-    // One group, the whole run: the communicator has no sub-groups yet, so tp x dp layouts are not possible.
+    // One group, the whole run. TP x DP rollouts are PPO's inference_tp_size under a data-parallel strategy.
     if (tp_size_ != world) {
       options.fail("tp_size", "must equal the number of ranks the launcher started (" + std::to_string(world) +
-                                  "): tensor parallelism spans the whole run (no data-parallel replicas of it yet)");
+                                  "): this strategy spans the whole run; for TP groups of fewer ranks use a "
+                                  "data-parallel strategy and the ppo stage's inference_tp_size");
     }
   }
 
