@@ -52,13 +52,12 @@ class Report {
   int failures_ = 0;
 };
 
-// Where the installed SDK keeps the harness's tiny model, data and fixture script: <prefix>/share/dschat/testing
-// next to <prefix>/bin/dschat (the build tree has the same layout).
+// Where the installed SDK keeps the harness's tiny model, data and fixture script: <prefix>/share/dschat/testing,
+// found from the same install layout as the registry's default plugin folder (the build tree has it too).
 fs::path testing_dir() {
-  std::error_code ec;
-  const auto exe = fs::read_symlink("/proc/self/exe", ec);
-  const auto dir = exe.parent_path().parent_path() / "share" / "dschat" / "testing";
-  if (ec || !fs::is_directory(dir))
+  const auto dir = (PluginRegistry::default_folder() / ".." / ".." / ".." / "share" / "dschat" / "testing")
+                       .lexically_normal();  // <prefix>/lib/dschat/plugins -> <prefix>/share/dschat/testing
+  if (!fs::is_directory(dir))
     throw CommandError("dschat plugin test: the SDK's test data are missing (looked for " + dir.string() + ")");
   return dir;
 }
