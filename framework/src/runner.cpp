@@ -94,6 +94,7 @@ class HostStageContext : public StageContext {
   Strategy& strategy() override { return *stage_.strategy.strategy; }
   Generator* generator() override { return stage_.generator.get(); }
   const std::vector<std::shared_ptr<Hook>>& hooks() override { return stage_.hooks; }
+  const std::vector<WeightedReward>& rewards() override { return stage_.rewards; }
 
   const std::string& stage_name() const override { return stage_.name; }
   const std::filesystem::path& stage_dir() const override { return stage_dir_; }

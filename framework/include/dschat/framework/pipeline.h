@@ -43,6 +43,7 @@ struct StageSpec {
   StrategySpec strategy;                     // the stage's override, else the pipeline default
   std::shared_ptr<Generator> generator;      // stage.generation = { plugin = ..., ... }
   std::vector<std::shared_ptr<Hook>> hooks;  // stage.hooks = [{ plugin = ..., ... }]
+  std::vector<WeightedReward> rewards;       // stage.rewards = [{ plugin = ..., weight = ..., ... }]
 };
 
 // [distributed]: how the ranks a launcher started talk (DESIGN §6).

@@ -13,6 +13,7 @@
 #include "dschat/sdk/data.h"
 #include "dschat/sdk/metrics.h"
 #include "dschat/sdk/model.h"
+#include "dschat/sdk/reward.h"
 
 namespace dschat {
 
@@ -53,6 +54,8 @@ class StageContext {
   virtual Strategy& strategy() = 0;
   virtual Generator* generator() = 0;  // stage.generation, or nullptr
   virtual const std::vector<std::shared_ptr<Hook>>& hooks() = 0;
+  // stage.rewards = [{ plugin = ..., weight = ... }, ...] in order; empty when the stage lists none.
+  virtual const std::vector<WeightedReward>& rewards() = 0;
 };
 
 // What a stage reads of the pipeline's [data], so that validate can tell a stage it would find nothing (a reward
@@ -65,7 +68,7 @@ struct DataNeeds {
 class Algorithm {
  public:
   static constexpr const char* kind = "algorithm";
-  static constexpr int interface_version = 2;  // 2: data_needs()
+  static constexpr int interface_version = 3;  // 2: data_needs(); 3: StageContext::rewards()
   virtual ~Algorithm() = default;
 
   // Model roles this stage reads and what each refers to ("actor" -> "sft", "model" -> "base"), so the host

@@ -3,6 +3,7 @@
 // The host reads the files (JSONL in DeepSpeed-Chat's schemas) and implements DataSource; the SDK's collate
 // helpers (data_collate.h) turn examples into padded token batches.
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -16,6 +17,9 @@ struct TextExample {
   std::string prompt;
   std::string chosen;
   std::string rejected;  // empty when the dataset has no rejected answer
+  // The row's other string and number fields as written (e.g. "answer" for a rule reward); numbers keep their
+  // JSON text.
+  std::map<std::string, std::string> fields;
 };
 
 // The three InstructGPT steps, which split each dataset by [data].split (default 2/4/4).
@@ -26,6 +30,7 @@ struct TokenizedExample {
   std::vector<int64_t> prompt;    // the prompt, with the tokenizer's own special tokens (e.g. OPT's BOS)
   std::vector<int64_t> chosen;    // prompt + chosen answer + eos, cut to max_seq_len as DeepSpeed-Chat truncates
   std::vector<int64_t> rejected;  // prompt + rejected answer + eos (cut likewise); empty when there is none
+  int64_t example = -1;           // its index in examples(phase, eval), which tokenized() may thin out
 };
 
 struct DataLimits {
