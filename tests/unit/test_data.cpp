@@ -3,6 +3,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <set>
 
 #include <gtest/gtest.h>
@@ -348,4 +349,63 @@ TEST(DataCache, ReusedAndInvalidated) {
   auto [rebuilt, c3] = run(spec, tok);
   EXPECT_EQ(c3.cache_misses, 1);
   EXPECT_FALSE(rebuilt.empty());
+}
+
+// A row's other string and number fields reach TextExample::fields (numbers as their JSON text); the schema's own
+// fields and other JSON types do not.
+TEST(DataFields, OtherStringAndNumberFieldsAreKept) {
+  auto dir = temp_dir("fields");
+  auto file = write(dir / "rows.jsonl",
+                    "{\"prompt\": \"2+5?\", \"chosen\": \"7\", \"rejected\": \"8\", \"answer\": 7, \"level\": 3.5, "
+                    "\"source\": \"gsm8k\", \"ok\": true, \"tags\": [1], \"meta\": {\"a\": 1}, \"none\": null}\n");
+  DataSpec spec = one(dataset(file, "pairwise"), 0);
+  spec.split = {0, 0, 1};
+  HostDataSource source(spec, 1, dir / "cache");
+  ASSERT_EQ(source.examples(Phase::ppo, false).size(), 1u);
+  const auto& fields = source.examples(Phase::ppo, false)[0].fields;
+  const std::map<std::string, std::string> expected = {{"answer", "7"}, {"level", "3.5"}, {"source", "gsm8k"}};
+  EXPECT_EQ(fields, expected);
+  // sft rows keep what their schema does not read, "chosen" included.
+  auto sft = write(dir / "sft.jsonl", "{\"prompt\": \"hi\", \"response\": \"hello\", \"answer\": \"x\", \"chosen\": \"c\"}\n");
+  HostDataSource ss(one(dataset(sft, "sft"), 0), 1, dir / "cache");
+  const std::map<std::string, std::string> sft_expected = {{"answer", "x"}, {"chosen", "c"}};
+  EXPECT_EQ(ss.examples(Phase::sft, false).at(0).fields, sft_expected);
+}
+
+// tokenized() rows name the example they came from, also where PPO dropped over-long prompts, and also when read
+// back from the cache.
+TEST(DataFields, TokenizedRowsPointAtTheirExample) {
+  auto tok = quickstart_tokenizer();
+  auto dir = temp_dir("example-index");
+  std::string rows;
+  for (int i = 0; i < 12; ++i) {
+    std::string prompt = "q" + std::to_string(i);
+    if (i % 3 == 0)
+      for (int k = 0; k < 40; ++k) prompt += " and a long tail";  // dropped by max_prompt_seq_len
+    rows += "{\"prompt\": \"" + prompt + "\", \"chosen\": \"a\", \"rejected\": \"b\", \"answer\": " +
+            std::to_string(i) + "}\n";
+  }
+  auto file = write(dir / "rows.jsonl", rows);
+  DataSpec spec = one(dataset(file, "pairwise"), 0);
+  spec.split = {0, 0, 1};
+  spec.max_seq_len = 128;
+  spec.max_prompt_seq_len = 32;
+  for (int pass = 0; pass < 2; ++pass) {  // the first builds the cache, the second reads it
+    HostDataSource source(spec, 1, dir / "cache");
+    const auto& texts = source.examples(Phase::ppo, false);
+    const auto& tokenized = source.tokenized(Phase::ppo, false, *tok);
+    EXPECT_EQ(source.counts().cache_hits, pass) << pass;
+    ASSERT_EQ(texts.size(), 12u);
+    ASSERT_EQ(tokenized.size(), 8u) << pass;
+    std::set<int64_t> seen;
+    for (const auto& t : tokenized) {
+      ASSERT_GE(t.example, 0);
+      ASSERT_LT(t.example, 12);
+      const auto& text = texts[static_cast<size_t>(t.example)];
+      EXPECT_EQ(t.prompt, tok->encode(text.prompt)) << "pass " << pass << ", example " << t.example;
+      EXPECT_NE(std::stoi(text.fields.at("answer")) % 3, 0);
+      seen.insert(t.example);
+    }
+    EXPECT_EQ(seen.size(), 8u);
+  }
 }

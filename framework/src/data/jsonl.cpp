@@ -130,6 +130,19 @@ std::vector<SourcedExample> parse_dataset(const DatasetSpec& spec, size_t index,
         throw DataError(fmt::format("{}: schema '{}' cannot be a training dataset (text files go to [data].pretraining)",
                                     spec.path.string(), spec.schema));
       }
+      // The row's other string and number fields, for what reads them (a rule reward's "answer").
+      std::set<std::string> read;
+      if (spec.schema == "rm-static")
+        read = {spec.prompt_field, spec.response_field, spec.chosen_field, spec.rejected_field};
+      else if (spec.schema == "pairwise")
+        read = {spec.prompt_field, spec.chosen_field, spec.rejected_field};
+      else
+        read = {spec.prompt_field, spec.response_field};
+      for (const auto& [key, value] : row.items()) {
+        if (read.count(key)) continue;
+        if (value.is_string()) ex.text.fields.emplace(key, value.get<std::string>());
+        else if (value.is_number()) ex.text.fields.emplace(key, value.dump());  // its JSON text: "7", "3.5"
+      }
       rows.push_back(std::move(ex));
     } catch (const DataError&) {
       if (!spec.skip_errors || spec.schema == "text") throw;

@@ -15,7 +15,8 @@ namespace dschat {
 
 namespace {
 
-constexpr const char* kCacheMagic = "dschat-tokenized-v1\n";
+// v2: each row also records its source index (`example`); the magic is part of the key, so v1 files are never read.
+constexpr const char* kCacheMagic = "dschat-tokenized-v2\n";
 const char* phase_name(Phase p) { return p == Phase::sft ? "sft" : p == Phase::reward ? "reward" : "ppo"; }
 
 void put_u64(std::string& out, uint64_t v) { out.append(reinterpret_cast<const char*>(&v), sizeof v); }
@@ -164,6 +165,7 @@ const std::vector<TokenizedExample>& HostDataSource::tokenized(Phase phase, bool
         ex.prompt = r.ids();
         ex.chosen = r.ids();
         ex.rejected = r.ids();
+        ex.example = static_cast<int64_t>(r.u64());
         out.push_back(std::move(ex));
       }
       ok = r.ok && r.data.empty();
@@ -184,7 +186,8 @@ const std::vector<TokenizedExample>& HostDataSource::tokenized(Phase phase, bool
   load();
   const auto& rows = parts_[static_cast<int>(phase)][eval ? 1 : 0];
   int64_t too_long = 0, dropped = 0;
-  for (const auto& row : rows) {
+  for (size_t i = 0; i < rows.size(); ++i) {
+    const auto& row = rows[i];
     TextExample text = row.text;
     if (phase == Phase::sft) text.chosen = row.sft_answer;
     TokenizedExample ex = tokenize_example(tokenizer, text, spec_.max_seq_len);
@@ -203,6 +206,7 @@ const std::vector<TokenizedExample>& HostDataSource::tokenized(Phase phase, bool
       ++too_long;
       continue;
     }
+    ex.example = static_cast<int64_t>(i);  // rows and examples(phase, eval) share one order
     out.push_back(std::move(ex));
   }
   if (too_long > 0)
@@ -222,6 +226,7 @@ const std::vector<TokenizedExample>& HostDataSource::tokenized(Phase phase, bool
     put_ids(blob, ex.prompt);
     put_ids(blob, ex.chosen);
     put_ids(blob, ex.rejected);
+    put_u64(blob, static_cast<uint64_t>(ex.example));
   }
   std::filesystem::create_directories(cache_dir_);
   write_file_atomic(file, blob);
