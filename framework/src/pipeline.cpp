@@ -14,6 +14,7 @@
 #include "dschat/framework/hub.h"
 #include "dschat/sdk/model.h"
 #include "dschat/sdk/nn/init.h"
+#include "dschat/sdk/reward.h"
 #include "dschat/sdk/safetensors.h"
 #include "dschat/sdk/tokenizer.h"
 
@@ -180,6 +181,81 @@ void check_data_needs(const ConfigTable& stage_table, const StageSpec& stage, co
   if (needs.pairs && !pairs)
     stage_table.fail("algorithm", fmt::format("{} needs chosen/rejected pairs, and the datasets feeding its share "
                                               "hold single answers (schema sft)", stage.algorithm_name));
+}
+
+// The key of `table` whose string value is `value` (the option that named it, e.g. a reward's `model` or
+// `field`), so that a problem with it is reported there; "" when none is.
+std::string key_holding(const ConfigTable& table, const std::string& value) {
+  for (const auto& key : table.keys()) {
+    try {
+      if (table.get_string(key) == value) return key;
+    } catch (const ConfigError&) {  // not a string
+    }
+  }
+  return "";
+}
+
+[[noreturn]] void fail_at_value(const ConfigTable& table, const std::string& value, const std::string& message) {
+  const std::string key = key_holding(table, value);
+  if (key.empty()) table.fail_here(message);
+  table.fail(key, message);
+}
+
+// The rows of the datasets, parsed once for the checks that read them (a reward's required fields). A dataset
+// that does not parse is left to the run to report (nullptr), as it is when no check reads it.
+class ParsedDatasets {
+ public:
+  explicit ParsedDatasets(const DataSpec& data) : data_(data), rows_(data.datasets.size()) {}
+  const std::vector<SourcedExample>* rows(size_t d) {
+    if (!rows_[d]) {
+      try {
+        int64_t skipped = 0;
+        rows_[d] = parse_dataset(data_.datasets[d], d, skipped);
+      } catch (const DataError&) {
+        rows_[d] = std::vector<SourcedExample>{};
+      }
+    }
+    return rows_[d]->empty() ? nullptr : &*rows_[d];
+  }
+
+ private:
+  const DataSpec& data_;
+  std::vector<std::optional<std::vector<SourcedExample>>> rows_;
+};
+
+// Every row of every dataset that feeds the stage's share must carry each field a reward of the stage requires
+// (TextExample::fields): the first row lacking one is named, before any stage runs.
+void check_reward_fields(const std::vector<ConfigTable>& reward_tables, const StageSpec& stage, const DataSpec& data,
+                         ParsedDatasets& parsed, const PluginRegistry& registry) {
+  if (stage.rewards.empty()) return;
+  const DataNeeds needs = stage.algorithm->data_needs();
+  if (!needs.phase) return;
+  const auto phase = static_cast<size_t>(*needs.phase);
+  for (size_t r = 0; r < stage.rewards.size(); ++r) {
+    const auto& reward = stage.rewards[r];
+    const auto fields = call_plugin(registry.find(RewardFunction::kind, reward.name),
+                                    [&] { return reward.function->required_fields(); });
+    for (const auto& field : fields)
+      for (size_t d = 0; d < data.datasets.size(); ++d) {
+        const auto& ds = data.datasets[d];
+        const bool feeds = ds.schema == "sft" ? phase == 0 : phase < data.split.size() && data.split[phase] > 0;
+        if (!feeds) continue;
+        const auto* rows = parsed.rows(d);
+        if (rows == nullptr) continue;
+        const SourcedExample* first = nullptr;
+        size_t lacking = 0;
+        for (const auto& row : *rows)
+          if (!row.text.fields.count(field)) {
+            if (first == nullptr) first = &row;
+            ++lacking;
+          }
+        if (first != nullptr)
+          fail_at_value(reward_tables[r], field,
+                        fmt::format("the {} reward reads the field '{}' of every row, and {}:{} has none (a string "
+                                    "or number field; rows lacking it: {} of {})",
+                                    reward.name, field, ds.path.string(), first->line, lacking, rows->size()));
+      }
+  }
 }
 
 // Validation goes on after an error: each independent part (a model, the data, a stage, ...) is read on its own,
@@ -355,6 +431,7 @@ Pipeline load_pipeline(const std::filesystem::path& file, const std::vector<std:
   auto defaults = ConfigDocument::parse_string("", "<defaults>", p.document->base_dir());
   ConfigTable no_options = defaults->root();
   std::set<std::string> known_outputs;  // models.* entries and the stages declared so far
+  ParsedDatasets parsed_data(p.data);
   if (models)
     for (const auto& key : models->keys()) known_outputs.insert(key);  // a broken model is still a name
   for (auto& table : stage_tables) {
@@ -376,6 +453,15 @@ Pipeline load_pipeline(const std::filesystem::path& file, const std::vector<std:
         stage.generator = create_from_table<Generator>(*generation, registry);
       for (const auto& hook_table : table.get_table_list("hooks"))
         stage.hooks.push_back(create_from_table<Hook>(hook_table, registry));
+      // rewards = [{ plugin = "...", weight = 1.0, ...options }]: `weight` is the host's, the rest the plugin's.
+      const std::vector<ConfigTable> reward_tables = table.get_table_list("rewards");
+      for (const auto& reward_table : reward_tables) {
+        WeightedReward reward;
+        reward.name = reward_table.get_string("plugin");
+        reward.weight = reward_table.get_float("weight", 1.0);
+        reward.function = create_from_table<RewardFunction>(reward_table, registry);
+        stage.rewards.push_back(std::move(reward));
+      }
 
       try {
         stage.algorithm = registry.create<Algorithm>(stage.algorithm_name, table);
@@ -393,7 +479,31 @@ Pipeline load_pipeline(const std::filesystem::path& file, const std::vector<std:
                                        hint.empty() ? "" : fmt::format("; did you mean '{}'?", hint)));
         }
       }
+      // A reward's model roles join the stage's, so that the runner resolves them and later stages are ordered
+      // after what they read; each is checked at its reward's table.
+      for (size_t r = 0; r < stage.rewards.size(); ++r) {
+        const auto& reward = stage.rewards[r];
+        const auto roles = call_plugin(registry.find(RewardFunction::kind, reward.name),
+                                       [&] { return reward.function->model_roles(); });
+        for (const auto& [role, reference] : roles) {
+          if (auto it = stage.roles.find(role); it != stage.roles.end() && it->second != reference)
+            fail_at_value(reward_tables[r], reference,
+                          fmt::format("the {} reward's model role '{}' = '{}' collides with the stage's role '{}' = "
+                                      "'{}'",
+                                      reward.name, role, reference, role, it->second));
+          if (!known_outputs.count(reference)) {
+            std::vector<std::string> candidates(known_outputs.begin(), known_outputs.end());
+            std::string hint = closest_match(reference, candidates);
+            fail_at_value(reward_tables[r], reference,
+                          fmt::format("'{}' is neither a [models.*] entry nor an earlier stage (known: {}){}",
+                                      reference, fmt::join(candidates, ", "),
+                                      hint.empty() ? "" : fmt::format("; did you mean '{}'?", hint)));
+          }
+          stage.roles.emplace(role, reference);
+        }
+      }
       if (data_ok) check_data_needs(table, stage, p.data);
+      if (data_ok) check_reward_fields(reward_tables, stage, p.data, parsed_data, registry);
       p.stages.push_back(stage);
     });
     if (!stage.name.empty()) known_outputs.insert(stage.name);  // later stages may name it, even if it is broken

@@ -19,6 +19,7 @@
 #include "dschat/sdk/generation.h"
 #include "dschat/sdk/hook.h"
 #include "dschat/sdk/model.h"
+#include "dschat/sdk/reward.h"
 #include "dschat/sdk/strategy.h"
 
 namespace dschat {
@@ -37,7 +38,7 @@ int host_interface_version(const std::string& kind) {
   static const std::map<std::string, int> versions = {
       {ModelFamily::kind, ModelFamily::interface_version}, {Strategy::kind, Strategy::interface_version},
       {Generator::kind, Generator::interface_version},     {Algorithm::kind, Algorithm::interface_version},
-      {Hook::kind, Hook::interface_version},
+      {Hook::kind, Hook::interface_version},               {RewardFunction::kind, RewardFunction::interface_version},
   };
   auto it = versions.find(kind);
   return it == versions.end() ? -1 : it->second;

@@ -358,4 +358,95 @@ model = "actor"
   EXPECT_NE(result.output.find("no algorithm plugin named 'sf\xc3\xa9t'"), std::string::npos) << result.output;
 }
 
+// A stage's rewards = [...]: each plugin is created at load, its weight read by the host; an unknown plugin, a
+// model that is neither a [models.*] entry nor an earlier stage, and a data field some row lacks are refused at
+// the reward's table before any work. A ppo stage that lists rewards (it does not read them yet) validates.
+TEST(ValidateAll, RewardsAreCheckedAtTheirTables) {
+  fs::create_directories(kOut);
+  {
+    std::ofstream rows(kOut / "math.jsonl");
+    for (int i = 0; i < 6; ++i)
+      rows << "{\"prompt\": \"" << i << " + 1?\", \"chosen\": \"" << i + 1 << "\", \"rejected\": \"0\""
+           << (i == 3 ? std::string() : ", \"answer\": " + std::to_string(i + 1)) << "}\n";
+  }
+  const std::string head = fmt::format(R"([pipeline]
+name = "rewards"
+
+[models.actor]
+path = "{0}"
+init = "random"
+
+[data]
+datasets = ["{1}"]
+max_seq_len = 96
+max_prompt_seq_len = 32
+
+[[stage]]
+name = "rlhf"
+algorithm = "ppo"
+actor = "actor"
+critic = "actor"
+generation = {{ plugin = "kv-cache" }}
+)",
+                                       kModel, (kOut / "math.jsonl").string());
+  auto bad = write("rewards-bad.toml", head + R"(rewards = [{ plugin = "exact-answr" },
+           { plugin = "reward-model", model = "actr", weight = 0.5 },
+           { plugin = "exact-answer", field = "answer", weight = 2 }]
+)");
+  auto result = run_dschat("validate " + bad.string());
+  EXPECT_EQ(result.exit_code, 2) << result.output;
+  // One stage, one error: the first reward's (the stage is read up to its first problem).
+  EXPECT_NE(result.output.find(bad.string() + ":19:23: stage.rlhf.rewards[0].plugin: no reward plugin named "
+                               "'exact-answr'; available: exact-answer, length-penalty, reward-model"),
+            std::string::npos)
+      << result.output;
+
+  auto model = write("rewards-model.toml", head + R"(rewards = [{ plugin = "reward-model", model = "actr" }]
+)");
+  result = run_dschat("validate " + model.string());
+  EXPECT_EQ(result.exit_code, 2) << result.output;
+  EXPECT_NE(result.output.find(model.string() + ":19:47: stage.rlhf.rewards[0].model: 'actr' is neither a "
+                               "[models.*] entry nor an earlier stage (known: actor); did you mean 'actor'?"),
+            std::string::npos)
+      << result.output;
+
+  auto field = write("rewards-field.toml", head + R"(rewards = [{ plugin = "length-penalty", max_tokens = 8 },
+           { plugin = "exact-answer", weight = 2.0 }]
+)");
+  result = run_dschat("validate " + field.string());
+  EXPECT_EQ(result.exit_code, 2) << result.output;
+  EXPECT_NE(result.output.find(field.string() + ":20:12: stage.rlhf.rewards[1]: the exact-answer reward reads the "
+                               "field 'answer' of every row, and " + (kOut / "math.jsonl").string() +
+                               ":4 has none (a string or number field; rows lacking it: 1 of 6)"),
+            std::string::npos)
+      << result.output;
+  auto other = write("rewards-other-field.toml", head + R"(rewards = [{ plugin = "exact-answer", field = "solution" }]
+)");
+  result = run_dschat("validate " + other.string());
+  EXPECT_EQ(result.exit_code, 2) << result.output;
+  EXPECT_NE(result.output.find(other.string() + ":19:47: stage.rlhf.rewards[0].field: the exact-answer reward reads "
+                               "the field 'solution' of every row, and " + (kOut / "math.jsonl").string() + ":1 has none"),
+            std::string::npos)
+      << result.output;
+
+  // Every row carries the field: the stage validates, weights and all.
+  {
+    std::ofstream rows(kOut / "math.jsonl");
+    for (int i = 0; i < 6; ++i)
+      rows << "{\"prompt\": \"" << i << " + 1?\", \"chosen\": \"" << i + 1 << "\", \"rejected\": \"0\", \"answer\": "
+           << i + 1 << "}\n";
+  }
+  auto fine = write("rewards-ok.toml", head + R"(rewards = [{ plugin = "reward-model", model = "actor" },
+           { plugin = "exact-answer", weight = 2.0, pattern = '= (\d+)' },
+           { plugin = "length-penalty", max_tokens = 8, weight = 0.5 }]
+)");
+  result = run_dschat("validate " + fine.string());
+  EXPECT_EQ(result.exit_code, 0) << result.output;
+  auto typo = write("rewards-typo.toml", head + R"(rewards = [{ plugin = "length-penalty", max_tokens = 8, wieght = 0.5 }]
+)");
+  result = run_dschat("validate " + typo.string());
+  EXPECT_EQ(result.exit_code, 2) << result.output;
+  EXPECT_NE(result.output.find("stage.rlhf.rewards[0].wieght: unknown key"), std::string::npos) << result.output;
+}
+
 }  // namespace

@@ -20,7 +20,7 @@
 namespace dschat {
 
 struct FactoryEntry {
-  std::string kind;       // "model", "strategy", "generation", "algorithm", "hook", or a test kind
+  std::string kind;       // "model", "strategy", "generation", "algorithm", "hook", "reward", or a test kind
   std::string name;
   int interface_version;  // the kind's interface version the plugin was compiled against
   std::string description;
