@@ -1,5 +1,7 @@
 // The rule reward plugins (`exact-answer`, `length-penalty`), loaded through the host registry as a stage's
 // rewards = [...] creates them, against hand-worked cases; their option errors at the option's file:line.
+#include <filesystem>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -8,10 +10,16 @@
 
 #include "plugin_helpers.h"
 #include "dschat/framework/registry.h"
+#include "dschat/sdk/algorithm.h"
 #include "dschat/sdk/data.h"
+#include "dschat/sdk/model.h"
 #include "dschat/sdk/reward.h"
+#include "dschat/sdk/reward_loss.h"
+#include "dschat/sdk/reward_model.h"
+#include "dschat/sdk/tokenizer.h"
 
 using namespace dschat;
+namespace fs = std::filesystem;
 using dschat::testing::registry;
 using dschat::testing::table;
 
@@ -169,6 +177,84 @@ TEST(RewardRegistry, TheKindIsListed) {
     EXPECT_NE(std::find(names.begin(), names.end(), name), names.end()) << name;
   EXPECT_EQ(host_interface_version("reward"), RewardFunction::interface_version);
   EXPECT_NE(registry().table_text().find("reward "), std::string::npos);
+}
+
+// What reward-model's prepare() reads of a stage: one role, resolved to a reward model's folder.
+class OneRoleContext : public StageContext {
+ public:
+  OneRoleContext(std::string role, fs::path dir, std::shared_ptr<ModelFamily> family)
+      : role_(std::move(role)), dir_(std::move(dir)), family_(std::move(family)) {}
+  const std::string& stage_name() const override { return name_; }
+  const fs::path& stage_dir() const override { return dir_; }
+  uint64_t seed() const override { return 1; }
+  fs::path model_dir(const std::string& role) const override {
+    if (role != role_) throw std::invalid_argument("no model role '" + role + "'");
+    return dir_;
+  }
+  ModelHandle model(const std::string& role) const override {
+    ModelHandle h;
+    h.dir = model_dir(role);
+    h.family = family_;
+    h.hf_config = read_hf_config(h.dir);
+    return h;
+  }
+  std::shared_ptr<CausalLM> load_model(const std::string& role) const override {
+    return family_->from_pretrained(model_dir(role), {});
+  }
+  std::shared_ptr<Tokenizer> tokenizer(const std::string& role) const override {
+    return Tokenizer::from_dir(model_dir(role));
+  }
+  const DataSource& data() const override { throw std::logic_error("unused"); }
+  MetricsSink& metrics() override { throw std::logic_error("unused"); }
+  Progress& progress() override { throw std::logic_error("unused"); }
+  Strategy& strategy() override { throw std::logic_error("unused"); }
+  Generator* generator() override { return nullptr; }
+  const std::vector<std::shared_ptr<Hook>>& hooks() override { return hooks_; }
+  const std::vector<WeightedReward>& rewards() override { return rewards_; }
+
+ private:
+  std::string role_, name_ = "test";
+  fs::path dir_;
+  std::shared_ptr<ModelFamily> family_;
+  std::vector<std::shared_ptr<Hook>> hooks_;
+  std::vector<WeightedReward> rewards_;
+};
+
+// prepare() loads the saved reward model (base + value head) frozen; score() is end_scores of its values, as ppo
+// scores its rollouts.
+TEST(RewardModelPlugin, ScoresAsTheSavedRewardModelDoes) {
+  const fs::path quickstart = fs::path(DSCHAT_SOURCE_DIR) / "configs" / "quickstart" / "model";
+  auto family = registry().create<ModelFamily>("opt", table(""));
+  at::manual_seed(5);
+  auto rm = std::make_shared<RewardModel>(family->build(read_hf_config(quickstart), {}));
+  {
+    at::NoGradGuard no_grad;
+    rm->v_head->weight.normal_();
+  }
+  const fs::path dir = fs::path(DSCHAT_BINARY_DIR) / "test-output" / "rewards" / "rm";
+  fs::remove_all(dir);
+  auto tokenizer = Tokenizer::from_dir(quickstart);
+  save_reward_model(*rm, *family, tokenizer.get(), dir, reward_conventions_json(reward_conventions(*tokenizer)));
+
+  auto reward = registry().create<RewardFunction>("reward-model", table("model = \"rm\""));
+  OneRoleContext context("reward_model", dir, family);
+  RewardBatch batch;
+  batch.pad_id = 1;
+  batch.prompt_length = 3;
+  batch.sequences = at::tensor({1, 17, 18, 30, 31, 2, 1, 1,  //
+                                1, 20, 21, 40, 41, 42, 43, 44},
+                               at::kLong)
+                        .view({2, 8});
+  EXPECT_THROW(reward->score(batch), std::logic_error);  // before prepare()
+  reward->prepare(context, at::kCPU);
+  auto scores = reward->score(batch);
+  ASSERT_EQ(scores.scalar_type(), at::kFloat);
+  ASSERT_EQ(scores.sizes(), (std::vector<int64_t>{2}));
+  EXPECT_FALSE(scores.requires_grad());
+  at::NoGradGuard no_grad;
+  rm->eval();
+  auto expected = end_scores(rm->values(batch.sequences, batch.sequences.ne(1).to(at::kLong)), batch.sequences, 1, 3);
+  EXPECT_TRUE(at::allclose(scores, expected.to(at::kFloat), 1e-5, 1e-6)) << scores << expected;
 }
 
 }  // namespace
