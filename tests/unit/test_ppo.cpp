@@ -15,7 +15,8 @@
 
 #include <nlohmann/json.hpp>
 
-#include "../../plugins/algorithms/ppo/rollout.h"
+#include "dschat/sdk/rlhf/rewards.h"
+#include "dschat/sdk/rlhf/rollout.h"
 #include "plugin_helpers.h"
 #include "dschat/framework/pipeline.h"
 #include "dschat/framework/registry.h"
@@ -102,18 +103,18 @@ TEST(PpoRollout, DropsRowsWithAtMostOneAnswerToken) {
                   {1, 4, 4, 5, 1, 1},    // one token: dropped, as DeepSpeed-Chat's valid_ans_len > 1 check does
                   {4, 4, 4, 5, 6, 1},    // two tokens: kept
                   {1, 1, 4, 5, 6, 7}});  // full answer, left-padded prompt: kept
-  auto keep = ppo_rollout::rows_to_keep(seq, 3, 1);
+  auto keep = rlhf::rows_to_keep(seq, 3, 1);
   ASSERT_EQ(keep.numel(), 2);
   EXPECT_EQ(keep[0].item<int64_t>(), 2);
   EXPECT_EQ(keep[1].item<int64_t>(), 3);
   // The training-side mask hides BOS, prompt padding and the answer's padding alike.
-  auto mask = ppo_rollout::experience_mask(seq, 1);
+  auto mask = rlhf::experience_mask(seq, 1);
   EXPECT_EQ(mask[0].sum().item<int64_t>(), 2);
   EXPECT_EQ(mask[3].sum().item<int64_t>(), 4);
 
   auto m = ids({{0, 0, 1, 1}, {0, 1, 1, 1}});
   auto x = ids({{9, 9, 2, 3}, {9, 4, 5, 6}});
-  ppo_rollout::trim_left_padding(x, m);
+  rlhf::trim_left_padding(x, m);
   EXPECT_TRUE(x.equal(ids({{9, 2, 3}, {4, 5, 6}})));
   EXPECT_TRUE(m.equal(ids({{0, 1, 1}, {1, 1, 1}})));
 }
@@ -132,11 +133,11 @@ TEST(PpoRollout, ScoresTheLastAnswerTokenBeforeEos) {
   const int64_t pad = 0, P = 3;  // pad == eos == BOS, as in the quickstart tokenizer
   // Row 0 ends with eos then padding; row 1 fills every column (no eos).
   auto seq = ids({{0, 17, 18, 30, 31, 0, 0, 0}, {0, 20, 21, 40, 41, 42, 43, 44}});
-  auto scores = ppo_rollout::rollout_scores(rm, seq, pad, P);
+  auto scores = rlhf::reward_model_scores(rm, seq, pad, P);
   // Reference: the reward model on the row cut right after its last answer token, nothing after it.
   auto cut = seq.slice(0, 0, 1).slice(1, 0, 5);
-  auto expected0 = rm.values(cut, ppo_rollout::experience_mask(cut, pad))[0][4].item<double>();
-  auto full = rm.values(seq, ppo_rollout::experience_mask(seq, pad));
+  auto expected0 = rm.values(cut, rlhf::experience_mask(cut, pad))[0][4].item<double>();
+  auto full = rm.values(seq, rlhf::experience_mask(seq, pad));
   EXPECT_NEAR(scores[0].item<double>(), expected0, 1e-5);
   EXPECT_GT(std::abs(scores[0].item<double>() - full[0][3].item<double>()), 1e-4);  // not the token before
   EXPECT_NEAR(scores[1].item<double>(), full[1][7].item<double>(), 1e-6);         // no eos: the last column

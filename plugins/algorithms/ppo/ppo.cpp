@@ -63,12 +63,7 @@
 // built-in default generator.
 #include <ATen/ops/cat.h>
 #include <ATen/ops/cross_entropy_loss.h>
-#include <ATen/ops/empty.h>
-#include <ATen/ops/full.h>
 #include <ATen/ops/ones_like.h>
-#include <ATen/ops/stack.h>
-#include <ATen/ops/tensor.h>
-#include <ATen/ops/zeros.h>
 #include <c10/core/GradMode.h>
 
 #include <algorithm>
@@ -83,8 +78,6 @@
 #include <nlohmann/json.hpp>
 
 #include "dschat/sdk/algorithm.h"
-#include "dschat/sdk/atomic_file.h"
-#include "dschat/sdk/data_collate.h"
 #include "dschat/sdk/distributed.h"
 #include "dschat/sdk/device.h"
 #include "dschat/sdk/generation.h"
@@ -98,10 +91,14 @@
 #include "dschat/sdk/reward_loss.h"
 #include "dschat/sdk/reward_model.h"
 #include "dschat/sdk/strategy.h"
-#include "dschat/sdk/tensor_parallel.h"
+#include "dschat/sdk/rlhf/evaluator.h"
+#include "dschat/sdk/rlhf/ptx.h"
+#include "dschat/sdk/rlhf/rewards.h"
+#include "dschat/sdk/rlhf/rollout.h"
+#include "dschat/sdk/rlhf/stage_checkpoint.h"
+#include "dschat/sdk/rlhf/stage_outputs.h"
 #include "dschat/sdk/tokenizer.h"
 #include "dschat/sdk/train_loop.h"
-#include "rollout.h"
 
 namespace {
 
@@ -239,11 +236,487 @@ struct Experience {
   // autograd: that micro-batch trains on the weights the rollout was made with, so its training forwards are these
   // experience forwards and the step only runs their backward. Undefined when not applicable or already used.
   at::Tensor first_micro_logprobs, first_micro_values;
+  int64_t prompts = 0;              // rows generated (before dropping short answers)
+  double generation_seconds = 0.0, experience_seconds = 0.0;
 };
 
-using ppo_rollout::experience_mask;
-using ppo_rollout::rows_to_keep;
-using ppo_rollout::trim_left_padding;
+struct TrainStats {
+  double actor_loss = 0, critic_loss = 0, ptx_loss = 0;
+  int64_t micro = 0, rows = 0, overflow_skips = 0;
+};
+
+// DeepSpeed-Chat's DeepSpeedPPOTrainer: the models and engines of one PPO stage, and its four steps.
+class PpoTrainer {
+ public:
+  PpoTrainer(const PpoOptions& options, StageContext& context);
+
+  // One rollout and its experience; nullopt when every row on some rank is too short and there is nothing to
+  // reuse. `first_of_flush`: no optimizer step comes between it and the training of its first micro-batch.
+  std::optional<Experience> generate_experience(const std::vector<int64_t>& indices, bool first_of_flush);
+  // ppo_epochs passes over the buffered experience, one actor (+ PTX) and critic step per micro-batch.
+  TrainStats train_step(std::vector<Experience>& buffer);
+  void evaluate(CausalLM& model, int64_t step, const std::string& prefix);
+  void save(int64_t epoch, int64_t next_batch);
+  // The newest complete checkpoint, if any: the (epoch, prompt batch) to continue from.
+  std::optional<std::pair<int64_t, int64_t>> restore();
+  // The stage: resume or evaluate, the rollout / training loop, the final evaluations and outputs.
+  void run();
+
+ private:
+  at::Tensor actor_answer_logprobs(const at::Tensor& seq, const at::Tensor& mask, int64_t start);
+  at::Tensor critic_values(const at::Tensor& seq, const at::Tensor& mask);
+  double ptx_backward();
+  void after_actor_step(const StepResult& r);
+  void add_lora(torch::nn::Module& module, const ModelFamily& family, int64_t dim, const std::string& name,
+                const char* role, const std::vector<std::string>& keep);
+  void flush(std::vector<Experience>& buffer);
+  void finish();
+
+  const PpoOptions& o_;
+  StageContext& ctx_;
+  const std::string stage_;
+  Communicator& comm_;
+  MetricsSink& metrics_;
+  ModelHandle handle_;
+  std::shared_ptr<Tokenizer> tokenizer_;
+  int64_t pad_id_ = 0;
+  const std::vector<TokenizedExample>& train_;
+  std::shared_ptr<CausalLM> actor_, reference_;
+  std::shared_ptr<RewardModel> critic_, reward_;
+  OptimizerOptions actor_opt_, critic_opt_;
+  int64_t total_steps_ = 1;
+  std::unique_ptr<Engine> actor_engine_, critic_engine_;
+  at::Device device_{at::kCPU};
+  bool fp16_pair_ = false;
+  SamplingOptions sampling_;
+  std::unique_ptr<rlhf::RolloutCollector> collector_;
+  std::unique_ptr<rlhf::RewardSum> rewards_;
+  std::unique_ptr<rlhf::Evaluator> evaluator_;
+  rlhf::PtxStream ptx_;
+  NonFiniteGuard actor_nonfinite_, critic_nonfinite_;
+  std::optional<Experience> last_valid_;
+  int64_t rollout_ = 0;
+  bool stop_ = false;
+};
+
+PpoTrainer::PpoTrainer(const PpoOptions& options, StageContext& context)
+    : o_(options), ctx_(context), stage_(context.stage_name()), comm_(world()), metrics_(context.metrics()),
+      handle_(context.model("actor")), tokenizer_(context.tokenizer("actor")),
+      train_(context.data().tokenized(Phase::ppo, false, *tokenizer_)),
+      actor_nonfinite_(context.stage_name(), options.max_nonfinite_steps),
+      critic_nonfinite_(context.stage_name(), options.max_nonfinite_steps) {
+  Generator* generator = ctx_.generator();
+  if (generator == nullptr)
+    throw std::invalid_argument(fmt::format(
+        "stage {}: ppo generates answers with the stage's generation plugin; add generation = {{ plugin = "
+        "\"kv-cache\", max_new_tokens = 256 }} to the stage",
+        stage_));
+  auto eos = tokenizer_->eos_id();
+  auto pad_opt = eos ? eos : tokenizer_->pad_id();  // DeepSpeed-Chat: pad = eos (every family but LLaMA)
+  if (!pad_opt) throw std::invalid_argument("the actor's tokenizer has neither a pad nor an eos token");
+  pad_id_ = *pad_opt;
+  const auto& data = ctx_.data();
+  const auto& held_out = data.tokenized(Phase::ppo, true, *tokenizer_);
+  if (train_.empty()) throw std::invalid_argument(fmt::format("stage {}: the PPO split has no prompts", stage_));
+  if (o_.enable_ptx && data.pretraining_texts().empty())
+    throw std::invalid_argument(fmt::format(
+        "stage {}: enable_ptx = true but the pipeline's [data] has no pretraining texts", stage_));
+
+  // ---- models ----
+  actor_ = ctx_.load_model("actor");
+  reference_ = ctx_.load_model("reference");
+  critic_ = std::make_shared<RewardModel>(ctx_.load_model("critic"));
+  load_value_head(*critic_, ctx_.model_dir("critic"));
+  reward_ = std::make_shared<RewardModel>(ctx_.load_model("reward"));
+  load_value_head(*reward_, ctx_.model_dir("reward"));
+  for (torch::nn::Module* frozen : {static_cast<torch::nn::Module*>(reference_.get()),
+                                    static_cast<torch::nn::Module*>(reward_.get())}) {
+    for (auto& p : frozen->parameters()) p.set_requires_grad(false);
+    frozen->eval();
+  }
+  add_lora(*actor_, *handle_.family, o_.actor_lora_dim, o_.actor_lora_module_name, "actor", {});
+  add_lora(*critic_, *ctx_.model("critic").family, o_.critic_lora_dim, o_.critic_lora_module_name, "critic",
+           {"v_head"});
+
+  // Optimizer steps: DeepSpeed-Chat's num_total_iters (prompt batches x micro-batches per experience x ppo_epochs
+  // / accumulation), capped by max_steps.
+  const int64_t global_prompt_batches = (static_cast<int64_t>(train_.size()) + o_.generation_batch_size - 1) /
+                                        o_.generation_batch_size;
+  const int64_t prompt_batches = (global_prompt_batches + comm_.size() - 1) / comm_.size();  // this rank's share
+  const int64_t micro_per_rollout = (o_.generation_batch_size + o_.training_batch_size - 1) / o_.training_batch_size;
+  total_steps_ = o_.epochs * prompt_batches * micro_per_rollout * o_.ppo_epochs / o_.gradient_accumulation_steps;
+  total_steps_ = std::max<int64_t>(total_steps_, 1);
+  if (o_.max_steps > 0) total_steps_ = std::min(total_steps_, o_.max_steps);
+  actor_opt_ = o_.actor_optimizer;
+  critic_opt_ = o_.critic_optimizer;
+  actor_opt_.total_steps = critic_opt_.total_steps = total_steps_;
+  // DeepSpeed-Chat doubles the actor's accumulation with PTX: the PPO and PTX backwards make one step.
+  if (o_.enable_ptx) actor_opt_.gradient_accumulation_steps *= 2;
+  actor_engine_ = ctx_.strategy().make_engine(actor_, actor_, actor_opt_);
+  critic_engine_ = ctx_.strategy().make_engine(critic_, critic_->base, critic_opt_);
+  device_ = actor_engine_->device();
+  reference_->to(device_);
+  reward_->to(device_);
+  // fp16: an overflow in either model skips both steps, so both backward passes come before either step (the
+  // models are apart and the passes run in the same order, so only the skipping differs). Otherwise
+  // DeepSpeed-Chat's order, in which the actor's gradients are freed before the critic's pass.
+  fp16_pair_ = actor_->dtype() == at::kHalf || critic_->base->dtype() == at::kHalf;
+
+  // ---- rollouts, rewards, evaluation, PTX ----
+  sampling_ = generator->defaults();
+  sampling_.eos_token_ids = {pad_id_};
+  if (eos) sampling_.eos_token_ids = {*eos};
+  sampling_.pad_token_id = pad_id_;
+  const bool exact = actor_->dtype() == at::kFloat;
+  rlhf::RolloutOptions rollout;
+  rollout.stage = stage_;
+  rollout.pad_id = pad_id_;
+  rollout.tensor_parallel = o_.generation_tensor_parallel;
+  rollout.inference_tp_size = o_.generation_tensor_parallel ? o_.inference_tp_size : 1;
+  rollout.consistency_threshold = o_.consistency_threshold.value_or(exact ? 1e-3 : 0.1);
+  rollout.consistency_mean = o_.consistency_statistic.value_or(exact ? "max" : "mean") == "mean";
+  rollout.consistency_sample_rows = o_.consistency_sample_rows;
+  rollout.debug_corrupt_generation_logprobs = o_.debug_corrupt_generation_logprobs;
+  collector_ = std::make_unique<rlhf::RolloutCollector>(rollout, *actor_, *actor_engine_, *handle_.family,
+                                                        *generator, comm_);
+  rewards_ = std::make_unique<rlhf::RewardSum>(std::vector<WeightedReward>{rlhf::reward_model_reward(reward_)},
+                                               tokenizer_);
+  rlhf::EvaluatorOptions eval;
+  eval.stage = stage_;
+  eval.prompts = o_.eval_prompts;
+  eval.batch_size = o_.eval_batch_size;
+  eval.max_prompt_seq_len = data.limits().max_prompt_seq_len;
+  eval.pad_id = pad_id_;
+  eval.trim_prompt_padding = o_.trim_prompt_padding;
+  evaluator_ = std::make_unique<rlhf::Evaluator>(eval, *collector_, *reference_, *rewards_, tokenizer_, held_out,
+                                                 data.examples(Phase::ppo, true));
+  if (o_.enable_ptx) ptx_ = rlhf::PtxStream(data.pretraining_texts(), *tokenizer_, data.limits().max_seq_len, pad_id_);
+
+  std::cout << fmt::format(
+      "stage {}: {} prompts ({} held out), {} optimizer steps, generation {} x{} prompts, training micro-batch {}, "
+      "ppo_epochs {}, pad {}, PTX {}, actor: {}\n",
+      stage_, train_.size(), held_out.size(), total_steps_, o_.generation_batches, o_.generation_batch_size,
+      o_.training_batch_size, o_.ppo_epochs, pad_id_, o_.enable_ptx ? "on" : "off", actor_engine_->describe());
+  for (const auto& hook : ctx_.hooks()) {
+    hook->set_model_info({handle_.family, tokenizer_});
+    auto whole = actor_engine_->gather_parameters();
+    hook->on_train_begin(*actor_);
+  }
+}
+
+// LoRA as DeepSpeed-Chat's step 3 adds it: on the trained roles only (the reference and reward stay plain).
+void PpoTrainer::add_lora(torch::nn::Module& module, const ModelFamily& family, int64_t dim, const std::string& name,
+                          const char* role, const std::vector<std::string>& keep) {
+  if (dim == 0) return;
+  LoraOptions lora;
+  lora.rank = dim;
+  const size_t n = enable_lora_where(module, name, family.lora_target_modules(), lora);
+  if (o_.only_optimize_lora) freeze_all_but_lora(module, keep);
+  std::cout << fmt::format("stage {}: {} LoRA rank {} on {} linears{}\n", stage_, role, dim, n,
+                           o_.only_optimize_lora ? ", only the adapters trained" : "");
+}
+
+// The training path of the trained roles, shared by the experience and the training step (whose first micro-batch
+// reuses the experience's): the actor's log-probs of seq[:, start + 1:] ([B, L - 1 - start], LM head on those
+// positions only) and the critic's values ([B, L - 1]).
+at::Tensor PpoTrainer::actor_answer_logprobs(const at::Tensor& seq, const at::Tensor& mask, int64_t start) {
+  auto logits = actor_engine_->forward(seq, mask, {.logits_from = start}).logits;
+  return ppo::logprobs_from_logits(logits.slice(1, 0, -1), seq.slice(1, start + 1)).to(at::kFloat);
+}
+
+at::Tensor PpoTrainer::critic_values(const at::Tensor& seq, const at::Tensor& mask) {
+  auto hidden = critic_engine_->forward(seq, mask, {.return_hidden = true, .return_logits = false}).hidden;
+  return critic_->values_from_hidden(hidden).slice(1, 0, -1).to(at::kFloat);
+}
+
+void PpoTrainer::evaluate(CausalLM& model, int64_t step, const std::string& prefix) {
+  // ZeRO-3: the actor's weights whole for the whole evaluation (every rank evaluates the same prompts).
+  auto whole = &model == actor_.get() ? actor_engine_->gather_parameters() : nullptr;
+  evaluator_->run(model, sampling_, metrics_, step, prefix);
+}
+
+std::optional<Experience> PpoTrainer::generate_experience(const std::vector<int64_t>& indices, bool first_of_flush) {
+  PromptBatch batch = rlhf::rollout_prompts(train_, indices, ctx_.data().limits().max_prompt_seq_len, pad_id_,
+                                            o_.trim_prompt_padding);
+  SamplingOptions options = sampling_;
+  options.seed = ctx_.seed() * 1000003ULL + static_cast<uint64_t>(rollout_);
+  rlhf::Rollout r = collector_->collect(batch, options, metrics_, actor_engine_->global_step(), rollout_);
+  const auto t0 = Clock::now();
+  const GenerationResult& out = r.generated;
+  const int64_t P = out.prompt_length;
+  auto keep = rlhf::rows_to_keep(out.sequences, P, pad_id_);
+  const int64_t dropped = out.sequences.size(0) - keep.size(0);
+  metrics_.scalar("rollout/dropped_rows", static_cast<double>(dropped), actor_engine_->global_step());
+  // Ranks train in lockstep: a rollout that is empty on any rank is skipped (or replaced) on every rank.
+  if (comm_.max(keep.size(0) == 0 ? 1.0 : 0.0) > 0.0) {
+    // DeepSpeed-Chat reuses the last valid batch when every answer is too short.
+    std::cout << fmt::format("stage {}: rollout {}: every answer has <= 1 token; {}\n", stage_, rollout_,
+                             last_valid_ ? "reusing the previous rollout" : "skipping it");
+    return last_valid_;
+  }
+  Experience e;
+  e.prompt_length = P;
+  e.prompts = out.sequences.size(0);
+  e.generation_seconds = r.generation_seconds;
+  e.seq = out.sequences.index_select(0, keep);
+  e.attention_mask = rlhf::experience_mask(e.seq, pad_id_);
+  // DeepSpeed-Chat computes the old log-probs and values in train mode (its scripts set dropout 0), as training
+  // does, so the first micro-batch's forwards can serve both.
+  actor_engine_->train(true);
+  critic_engine_->train(true);
+  auto logprobs_of_rows = [&](int64_t r0, int64_t r1) {
+    return actor_answer_logprobs(e.seq.slice(0, r0, r1), e.attention_mask.slice(0, r0, r1), P - 1);
+  };
+  auto values_of_rows = [&](int64_t r0, int64_t r1) {
+    return critic_values(e.seq.slice(0, r0, r1), e.attention_mask.slice(0, r0, r1));
+  };
+  const int64_t B = e.seq.size(0);
+  const int64_t recorded = first_of_flush && o_.reuse_experience_forwards ? std::min(B, o_.training_batch_size) : 0;
+  if (recorded > 0) {
+    e.first_micro_logprobs = logprobs_of_rows(0, recorded);
+    e.first_micro_values = values_of_rows(0, recorded);
+  }
+  at::NoGradGuard no_grad;
+  auto with_recorded = [&](const at::Tensor& first, auto&& compute) {
+    if (recorded == B) return first.detach();
+    auto rest = compute(recorded, B);
+    return recorded == 0 ? rest : at::cat({first.detach(), rest}, 0);
+  };
+  e.old_logprobs = rlhf::pad_front(with_recorded(e.first_micro_logprobs, logprobs_of_rows), P - 1);
+  e.values = with_recorded(e.first_micro_values, values_of_rows);
+  e.ref_logprobs = rlhf::frozen_answer_logprobs(*reference_, e.seq, e.attention_mask, P - 1);
+  e.score = rewards_
+                ->score(e.seq, out.answer_mask.index_select(0, keep), P, pad_id_,
+                        rlhf::rollout_examples(ctx_.data().examples(Phase::ppo, false), train_, indices, 1, keep))
+                .total;
+  e.experience_seconds = seconds_since(t0, device_);
+  last_valid_ = e;
+  last_valid_->first_micro_logprobs = last_valid_->first_micro_values = at::Tensor();  // a reuse trains afresh
+  return e;
+}
+
+void PpoTrainer::after_actor_step(const StepResult& r) {
+  actor_nonfinite_.skipped(r, actor_engine_->global_step(), "actor");
+  if (!r.applied || ctx_.hooks().empty()) return;
+  auto whole = actor_engine_->gather_parameters();  // the EMA reads every weight (ZeRO-3: gathered)
+  for (const auto& hook : ctx_.hooks()) hook->after_optimizer_step(*actor_, {actor_engine_->global_step()});
+}
+
+// PTX: the actor's causal-LM loss on pretraining text, accumulated with its PPO loss (the accumulation is doubled
+// for it, so the actor's boundary comes after this backward).
+double PpoTrainer::ptx_backward() {
+  auto ids = ptx_.next(o_.training_batch_size).to(device_);
+  auto mask = at::ones_like(ids);
+  auto logits = actor_engine_->forward(ids, mask).logits;
+  const int64_t V = logits.size(-1);
+  auto loss = at::cross_entropy_loss(logits.slice(1, 0, -1).to(at::kFloat).reshape({-1, V}),
+                                     ids.slice(1, 1).reshape({-1}));
+  actor_engine_->backward(loss * o_.unsup_coef);
+  return loss.item<double>();
+}
+
+TrainStats PpoTrainer::train_step(std::vector<Experience>& buffer) {
+  TrainStats s;
+  actor_engine_->train(true);
+  critic_engine_->train(true);
+  for (int64_t ep = 0; ep < o_.ppo_epochs && !stop_; ++ep) {
+    for (auto& e : buffer) {
+      const int64_t B = e.seq.size(0), start = e.prompt_length - 1;
+      // Every rank takes as many micro-batches as the rank with the most rows (a rank with fewer rows after
+      // dropping short answers wraps around), so that the collectives line up.
+      const int64_t local_micro = (B + o_.training_batch_size - 1) / o_.training_batch_size;
+      const auto micro_batches = static_cast<int64_t>(comm_.max(static_cast<double>(local_micro)));
+      for (int64_t k = 0; k < micro_batches && !stop_; ++k) {
+        const int64_t r0 = (k % local_micro) * o_.training_batch_size;
+        const int64_t r1 = std::min(B, r0 + o_.training_batch_size);
+        auto seq = e.seq.slice(0, r0, r1), mask = e.attention_mask.slice(0, r0, r1);
+        auto old_logp = e.old_logprobs.slice(0, r0, r1), ref_logp = e.ref_logprobs.slice(0, r0, r1);
+        auto action_mask = mask.slice(1, 1);
+        at::Tensor old_values = e.values.slice(0, r0, r1).clone(), advantages, returns;
+        {
+          at::NoGradGuard no_grad;
+          auto rewards = ppo::compute_rewards(old_logp, ref_logp, e.score.slice(0, r0, r1), action_mask, start,
+                                              o_.ppo);
+          ppo::mask_after_end(rewards, old_values, action_mask, start);
+          auto ar = ppo::get_advantages_and_returns(old_values, rewards, start, o_.ppo);
+          advantages = ar.advantages;
+          returns = ar.returns;
+        }
+        auto m = action_mask.slice(1, start).to(at::kFloat);
+        // The experience forwards recorded for this micro-batch (the first, on unchanged weights), used once.
+        const bool recorded = k == 0 && e.first_micro_logprobs.defined();
+        // actor
+        auto logp = recorded ? std::exchange(e.first_micro_logprobs, at::Tensor())
+                             : actor_answer_logprobs(seq, mask, start);
+        auto a_loss = ppo::actor_loss(logp, old_logp.slice(1, start), advantages, m, o_.ppo);
+        actor_engine_->backward(a_loss);
+        if (!fp16_pair_) after_actor_step(actor_engine_->step());  // not yet a boundary with PTX
+        if (o_.enable_ptx) s.ptx_loss += ptx_backward();
+        if (o_.enable_ptx && !fp16_pair_) after_actor_step(actor_engine_->step());
+        // critic
+        auto values = recorded ? std::exchange(e.first_micro_values, at::Tensor()) : critic_values(seq, mask);
+        auto c_loss = ppo::critic_loss(values.slice(1, start), old_values.slice(1, start), returns, m, o_.ppo);
+        critic_engine_->backward(c_loss);
+        StepOptions together;
+        if (fp16_pair_) {
+          const bool actor_overflow = actor_engine_->gradients_overflowed();  // both asked: each is collective
+          const bool critic_overflow = critic_engine_->gradients_overflowed();
+          together.skip = actor_overflow || critic_overflow;
+          if (together.skip) ++s.overflow_skips;
+          after_actor_step(actor_engine_->step(together));
+        }
+        critic_nonfinite_.skipped(critic_engine_->step(together), critic_engine_->global_step(), "critic");
+        s.actor_loss += a_loss.item<double>();
+        s.critic_loss += c_loss.item<double>();
+        ++s.micro;
+        s.rows += r1 - r0;
+        if (o_.max_steps > 0 && actor_engine_->global_step() >= o_.max_steps) stop_ = true;
+      }
+    }
+  }
+  return s;
+}
+
+// ---- checkpoints: <stage>/checkpoints/step-N/{actor,critic,hook-I}, complete once ppo.json is written ----
+void PpoTrainer::save(int64_t epoch, int64_t next_batch) {
+  nlohmann::json position = {{"epoch", epoch}, {"next_batch", next_batch}, {"rollout", rollout_},
+                             {"ptx_next", ptx_.position()}, {"world_size", comm_.size()}};
+  rlhf::save_stage_checkpoint(ctx_.stage_dir(), {{"actor", actor_engine_.get()}, {"critic", critic_engine_.get()}},
+                              ctx_.hooks(), position, "ppo.json", comm_);
+}
+
+std::optional<std::pair<int64_t, int64_t>> PpoTrainer::restore() {
+  auto restored = rlhf::restore_stage_checkpoint(
+      ctx_.stage_dir(), {{"actor", actor_engine_.get()}, {"critic", critic_engine_.get()}}, ctx_.hooks(), "ppo.json");
+  if (!restored) return std::nullopt;
+  const auto& position = restored->position;
+  const int64_t epoch = position.at("epoch").get<int64_t>(), batch = position.at("next_batch").get<int64_t>();
+  rollout_ = position.at("rollout").get<int64_t>();
+  ptx_.set_position(position.at("ptx_next").get<size_t>());
+  std::cout << fmt::format("stage {}: resuming from {} (step {}, epoch {}, prompt batch {})\n", stage_,
+                           restored->dir.string(), actor_engine_->global_step(), epoch, batch);
+  return std::pair{epoch, batch};
+}
+
+// Trains on the buffered rollouts and logs the means over every rank's rollouts.
+void PpoTrainer::flush(std::vector<Experience>& buffer) {
+  if (buffer.empty()) return;
+  double gen_s = 0, exp_s = 0, gen_flops = 0, rollout_rows = 0, reward_sum = 0, kl_sum = 0;
+  const auto& dims = actor_->dims();
+  const auto& cdims = critic_->base->dims();
+  for (const auto& e : buffer) {
+    at::NoGradGuard no_grad;
+    const int64_t P = e.prompt_length;
+    auto action = e.attention_mask.slice(1, P).to(at::kFloat);
+    kl_sum += ((e.old_logprobs.slice(1, P - 1) - e.ref_logprobs.slice(1, P - 1)) * action).sum().item<double>();
+    reward_sum += e.score.sum().item<double>();
+    gen_s += e.generation_seconds;
+    exp_s += e.experience_seconds;
+    rollout_rows += static_cast<double>(e.seq.size(0));
+    // Generation as DeepSpeed-Chat counts it: forward-only (k = 1) over the whole sequence.
+    gen_flops += megatron_flops(1.0, static_cast<double>(e.prompts), static_cast<double>(e.seq.size(1)), dims);
+  }
+  reward_sum = comm_.sum(reward_sum);
+  kl_sum = comm_.sum(kl_sum);
+  rollout_rows = comm_.sum(rollout_rows);
+  auto t0 = Clock::now();
+  TrainStats s = train_step(buffer);
+  const double train_s = seconds_since(t0, device_);
+  const int64_t step = actor_engine_->global_step();
+  const double k_actor = actor_opt_.gradient_checkpointing ? 4.0 : 3.0;
+  const double k_critic = critic_opt_.gradient_checkpointing ? 4.0 : 3.0;
+  double train_flops = 0;
+  for (const auto& e : buffer) {
+    const double B = static_cast<double>(e.seq.size(0)) * o_.ppo_epochs, L = static_cast<double>(e.seq.size(1));
+    train_flops += megatron_flops(k_actor, B, L, dims) + megatron_flops(k_critic, B, L, cdims);
+  }
+  const double n = static_cast<double>(std::max<int64_t>(s.micro, 1));
+  metrics_.scalar("reward/mean", reward_sum / rollout_rows, step);
+  metrics_.scalar("kl/mean", kl_sum / rollout_rows, step);
+  metrics_.scalar("actor/loss", s.actor_loss / n, step);
+  metrics_.scalar("critic/loss", s.critic_loss / n, step);
+  if (o_.enable_ptx) metrics_.scalar("ptx/loss", s.ptx_loss / n, step);
+  if (fp16_pair_) metrics_.scalar("train/overflow_skipped_steps", static_cast<double>(s.overflow_skips), step);
+  metrics_.scalar("actor/lr", actor_engine_->lr(), step);
+  metrics_.scalar("time/generation_s", gen_s, step);
+  metrics_.scalar("time/experience_s", exp_s, step);
+  metrics_.scalar("time/training_s", train_s, step);
+  metrics_.scalar("samples_per_s", rollout_rows / (gen_s + exp_s + train_s), step);
+  metrics_.scalar("tflops_generation", gen_flops / gen_s / 1e12, step);
+  metrics_.scalar("tflops_training", train_flops / train_s / 1e12, step);
+  if (device_.is_cuda()) metrics_.scalar("memory/peak_gpu_bytes", static_cast<double>(peak_device_memory(device_)), step);
+  ctx_.progress().update(step,
+                         {{"reward", reward_sum / rollout_rows},
+                          {"kl", kl_sum / rollout_rows},
+                          {"actor_loss", s.actor_loss / n},
+                          {"critic_loss", s.critic_loss / n}},
+                         static_cast<int64_t>(rollout_rows));
+  buffer.clear();
+}
+
+void PpoTrainer::run() {
+  int64_t start_epoch = 0, start_batch = 0;
+  if (auto position = restore()) {
+    std::tie(start_epoch, start_batch) = *position;
+    metrics_.truncate_after(actor_engine_->global_step());  // drop what the interrupted attempt logged after it
+  } else {
+    metrics_.truncate_after(-1);
+    evaluate(*actor_, 0, "eval/");
+  }
+  ctx_.progress().start(stage_, total_steps_);
+  const fs::path checkpoints = ctx_.stage_dir() / "checkpoints";
+  std::vector<Experience> buffer;
+  for (int64_t epoch = start_epoch; epoch < o_.epochs && !stop_; ++epoch) {
+    const auto batches = rank_batches(
+        epoch_batches(static_cast<int64_t>(train_.size()), o_.generation_batch_size, ctx_.seed(), epoch),
+        comm_.rank(), comm_.size());
+    for (size_t b = epoch == start_epoch ? static_cast<size_t>(start_batch) : 0; b < batches.size(); ++b) {
+      if (stop_) break;
+      auto e = generate_experience(batches[b], buffer.empty());
+      ++rollout_;
+      if (!e) continue;
+      buffer.push_back(std::move(*e));
+      if (static_cast<int64_t>(buffer.size()) == o_.generation_batches) {
+        flush(buffer);
+        const bool epoch_end = b + 1 == batches.size();
+        auto save_here = [&] { save(epoch_end ? epoch + 1 : epoch, epoch_end ? 0 : static_cast<int64_t>(b) + 1); };
+        const bool periodic = o_.checkpoint_interval > 0 && rollout_ % o_.checkpoint_interval == 0;
+        if (periodic) save_here();
+        if (const int sig = stop_signal_everywhere()) {  // after a training flush: nothing buffered is lost
+          if (!periodic) save_here();
+          ctx_.progress().finish();
+          metrics_.flush();
+          throw StopRequested(sig, fmt::format("stopped by {} after rollout {} (step {}); checkpoint {}",
+                                               signal_name(sig), rollout_, actor_engine_->global_step(),
+                                               (checkpoints / fmt::format("step-{}", actor_engine_->global_step())).string()));
+        }
+      }
+      if (o_.eval_interval > 0 && rollout_ % o_.eval_interval == 0)
+        evaluate(*actor_, actor_engine_->global_step(), "eval/");
+    }
+  }
+  flush(buffer);
+  ctx_.progress().finish();
+  finish();
+}
+
+// The final evaluations (actor, EMA) and outputs: final/ (actor), the hooks' (ema/), critic/.
+void PpoTrainer::finish() {
+  const int64_t final_step = actor_engine_->global_step();
+  evaluate(*actor_, final_step, "eval/");
+  rlhf::finish_actor_stage(
+      ctx_, *actor_, *actor_engine_, handle_, *tokenizer_,
+      [&](CausalLM& ema) { evaluate(ema, final_step, "eval/ema_"); }, comm_);
+  auto critic_whole = critic_engine_->gather_parameters();
+  if (!comm_.is_main()) return;
+  if (o_.save_critic) {
+    nlohmann::json conventions = {{"pad_token_id", pad_id_}};
+    std::ifstream in(ctx_.model_dir("critic") / "reward_model.json");
+    if (in) conventions = nlohmann::json::parse(in);
+    save_reward_model(*critic_, *ctx_.model("critic").family, ctx_.tokenizer("critic").get(),
+                      ctx_.stage_dir() / "critic", conventions);
+  }
+}
 
 class Ppo : public Algorithm {
  public:
@@ -253,582 +726,11 @@ class Ppo : public Algorithm {
   std::map<std::string, std::string> model_roles() const override {
     return {{"actor", o_.actor}, {"critic", o_.critic}, {"reference", o_.reference}, {"reward", o_.reward}};
   }
-
-  void run(StageContext& context) override;
+  void run(StageContext& context) override { PpoTrainer(o_, context).run(); }
 
  private:
   PpoOptions o_;
 };
-
-void Ppo::run(StageContext& ctx) {
-  const std::string& stage = ctx.stage_name();
-  Generator* generator = ctx.generator();
-  if (generator == nullptr)
-    throw std::invalid_argument(fmt::format(
-        "stage {}: ppo generates answers with the stage's generation plugin; add generation = {{ plugin = "
-        "\"kv-cache\", max_new_tokens = 256 }} to the stage",
-        stage));
-  auto handle = ctx.model("actor");
-  auto tokenizer = ctx.tokenizer("actor");
-  auto eos = tokenizer->eos_id();
-  auto pad_opt = eos ? eos : tokenizer->pad_id();  // DeepSpeed-Chat: pad = eos (every family but LLaMA)
-  if (!pad_opt) throw std::invalid_argument("the actor's tokenizer has neither a pad nor an eos token");
-  const int64_t pad_id = *pad_opt;
-
-  const auto& data = ctx.data();
-  const auto& train = data.tokenized(Phase::ppo, false, *tokenizer);
-  const auto& held_out = data.tokenized(Phase::ppo, true, *tokenizer);
-  if (train.empty()) throw std::invalid_argument(fmt::format("stage {}: the PPO split has no prompts", stage));
-  const auto& ptx_texts = data.pretraining_texts();
-  if (o_.enable_ptx && ptx_texts.empty())
-    throw std::invalid_argument(fmt::format(
-        "stage {}: enable_ptx = true but the pipeline's [data] has no pretraining texts", stage));
-
-  // ---- models ----
-  auto actor = ctx.load_model("actor");
-  auto reference = ctx.load_model("reference");
-  auto critic = std::make_shared<RewardModel>(ctx.load_model("critic"));
-  load_value_head(*critic, ctx.model_dir("critic"));
-  auto reward = std::make_shared<RewardModel>(ctx.load_model("reward"));
-  load_value_head(*reward, ctx.model_dir("reward"));
-  for (torch::nn::Module* frozen : {static_cast<torch::nn::Module*>(reference.get()),
-                                    static_cast<torch::nn::Module*>(reward.get())}) {
-    for (auto& p : frozen->parameters()) p.set_requires_grad(false);
-    frozen->eval();
-  }
-
-  // LoRA as DeepSpeed-Chat's step 3 adds it: on the trained roles only (the reference and reward stay plain).
-  auto add_lora = [&](torch::nn::Module& module, const ModelFamily& family, int64_t dim, const std::string& name,
-                      const char* role, const std::vector<std::string>& keep) {
-    if (dim == 0) return;
-    LoraOptions lora;
-    lora.rank = dim;
-    const size_t n = enable_lora_where(module, name, family.lora_target_modules(), lora);
-    if (o_.only_optimize_lora) freeze_all_but_lora(module, keep);
-    std::cout << fmt::format("stage {}: {} LoRA rank {} on {} linears{}\n", stage, role, dim, n,
-                             o_.only_optimize_lora ? ", only the adapters trained" : "");
-  };
-  add_lora(*actor, *handle.family, o_.actor_lora_dim, o_.actor_lora_module_name, "actor", {});
-  add_lora(*critic, *ctx.model("critic").family, o_.critic_lora_dim, o_.critic_lora_module_name, "critic",
-           {"v_head"});
-
-  // Optimizer steps: DeepSpeed-Chat's num_total_iters (prompt batches x micro-batches per experience x ppo_epochs
-  // / accumulation), capped by max_steps.
-  auto& comm = world();
-  const int64_t global_prompt_batches = (static_cast<int64_t>(train.size()) + o_.generation_batch_size - 1) /
-                                        o_.generation_batch_size;
-  const int64_t prompt_batches = (global_prompt_batches + comm.size() - 1) / comm.size();  // this rank's share
-  const int64_t micro_per_rollout = (o_.generation_batch_size + o_.training_batch_size - 1) / o_.training_batch_size;
-  int64_t total = o_.epochs * prompt_batches * micro_per_rollout * o_.ppo_epochs / o_.gradient_accumulation_steps;
-  total = std::max<int64_t>(total, 1);
-  if (o_.max_steps > 0) total = std::min(total, o_.max_steps);
-  OptimizerOptions actor_opt = o_.actor_optimizer, critic_opt = o_.critic_optimizer;
-  actor_opt.total_steps = critic_opt.total_steps = total;
-  // DeepSpeed-Chat doubles the actor's accumulation with PTX: the PPO and PTX backwards make one step.
-  if (o_.enable_ptx) actor_opt.gradient_accumulation_steps *= 2;
-  auto actor_engine = ctx.strategy().make_engine(actor, actor, actor_opt);
-  auto critic_engine = ctx.strategy().make_engine(critic, critic->base, critic_opt);
-  const at::Device device = actor_engine->device();
-  reference->to(device);
-  reward->to(device);
-  const bool exact = actor->dtype() == at::kFloat;
-  const double threshold = o_.consistency_threshold.value_or(exact ? 1e-3 : 0.1);
-  const bool check_mean = o_.consistency_statistic.value_or(exact ? "max" : "mean") == "mean";
-  std::cout << fmt::format(
-      "stage {}: {} prompts ({} held out), {} optimizer steps, generation {} x{} prompts, training micro-batch {}, "
-      "ppo_epochs {}, pad {}, PTX {}, actor: {}\n",
-      stage, train.size(), held_out.size(), total, o_.generation_batches, o_.generation_batch_size,
-      o_.training_batch_size, o_.ppo_epochs, pad_id, o_.enable_ptx ? "on" : "off", actor_engine->describe());
-
-  for (const auto& hook : ctx.hooks()) {
-    hook->set_model_info({handle.family, tokenizer});
-    auto whole = actor_engine->gather_parameters();
-    hook->on_train_begin(*actor);
-  }
-
-  SamplingOptions sampling = generator->defaults();
-  sampling.eos_token_ids = {pad_id};
-  if (eos) sampling.eos_token_ids = {*eos};
-  sampling.pad_token_id = pad_id;
-  const int64_t max_prompt = data.limits().max_prompt_seq_len;
-  auto& metrics = ctx.metrics();
-
-  auto prompts_of = [&](const std::vector<TokenizedExample>& set, const std::vector<int64_t>& indices) {
-    std::vector<const TokenizedExample*> rows;
-    for (auto i : indices) rows.push_back(&set[static_cast<size_t>(i)]);
-    PromptBatch batch = collate_prompts(rows, max_prompt, pad_id);
-    if (o_.trim_prompt_padding) trim_left_padding(batch.input_ids, batch.attention_mask);
-    return batch;
-  };
-  // Log-probs of seq[:, 1:] as [B, L - 1] (DeepSpeed-Chat's layout), computed from position `from` on only (the
-  // LM head over the prompt is never read); the columns before `from` are 0.
-  auto pad_front = [](const at::Tensor& logp, int64_t from) {
-    return from == 0 ? logp : at::cat({at::zeros({logp.size(0), from}, logp.options()), logp}, 1);
-  };
-  auto answer_logprobs = [&](CausalLM& lm, const at::Tensor& seq, const at::Tensor& mask, int64_t from) {
-    auto hidden = lm.forward(seq, mask, nullptr, /*return_hidden=*/true, /*return_logits=*/false).hidden;
-    auto logits = lm.lm_logits(hidden.narrow(1, from, hidden.size(1) - 1 - from));
-    return pad_front(ppo::logprobs_from_logits(logits, seq.slice(1, from + 1)).to(at::kFloat), from);
-  };
-  // The training path of the trained roles, shared by the experience and the training step (whose first
-  // micro-batch reuses the experience's): the actor's log-probs of seq[:, start + 1:] ([B, L - 1 - start], LM head
-  // on those positions only) and the critic's values ([B, L - 1]).
-  auto actor_answer_logprobs = [&](const at::Tensor& seq, const at::Tensor& mask, int64_t start) {
-    auto logits = actor_engine->forward(seq, mask, {.logits_from = start}).logits;
-    return ppo::logprobs_from_logits(logits.slice(1, 0, -1), seq.slice(1, start + 1)).to(at::kFloat);
-  };
-  auto critic_values = [&](const at::Tensor& seq, const at::Tensor& mask) {
-    auto hidden = critic_engine->forward(seq, mask, {.return_hidden = true, .return_logits = false}).hidden;
-    return critic->values_from_hidden(hidden).slice(1, 0, -1).to(at::kFloat);
-  };
-
-  // ---- eval: greedy answers to held-out prompts, mean reward score and mean KL to the reference ----
-  std::vector<int64_t> eval_indices;
-  const int64_t n_eval = o_.eval_prompts > 0 ? std::min<int64_t>(o_.eval_prompts, held_out.size())
-                                             : static_cast<int64_t>(held_out.size());
-  for (int64_t i = 0; i < n_eval; ++i) eval_indices.push_back(i);
-  auto evaluate = [&](CausalLM& lm, int64_t step, const std::string& prefix) {
-    if (eval_indices.empty()) return;
-    // ZeRO-3: the actor's weights whole for the whole evaluation (every rank evaluates the same prompts).
-    auto whole = &lm == actor.get() ? actor_engine->gather_parameters() : nullptr;
-    double score_sum = 0.0, kl_sum = 0.0, len_sum = 0.0;
-    std::string sample;
-    SamplingOptions greedy = sampling;
-    greedy.do_sample = false;
-    for (size_t begin = 0; begin < eval_indices.size(); begin += o_.eval_batch_size) {
-      std::vector<int64_t> idx(eval_indices.begin() + begin,
-                               eval_indices.begin() + std::min(eval_indices.size(), begin + o_.eval_batch_size));
-      PromptBatch batch = prompts_of(held_out, idx);
-      GenerationResult out;
-      {
-        GenerationView view(lm);
-        out = generator->generate(lm, batch.input_ids.to(device), batch.attention_mask.to(device), greedy);
-      }
-      at::NoGradGuard no_grad;
-      const int64_t P = out.prompt_length;
-      auto seq = out.sequences;
-      auto mask = experience_mask(seq, pad_id);
-      auto score = ppo_rollout::rollout_scores(*reward, seq, pad_id, P);
-      auto logp = answer_logprobs(lm, seq, mask, P - 1);
-      auto ref = answer_logprobs(*reference, seq, mask, P - 1);
-      auto action = mask.slice(1, P).to(at::kFloat);  // actions from start = P - 1
-      kl_sum += ((logp.slice(1, P - 1) - ref.slice(1, P - 1)) * action).sum().item<double>();
-      score_sum += score.sum().item<double>();
-      len_sum += out.answer_mask.sum().item<double>();
-      if (sample.empty()) {
-        auto row = out.sequences[0].slice(0, P).to(at::kCPU);
-        std::vector<int64_t> ids(row.data_ptr<int64_t>(), row.data_ptr<int64_t>() + row.numel());
-        sample = tokenizer->decode(ids, /*skip_special_tokens=*/true);
-      }
-    }
-    const double n = static_cast<double>(eval_indices.size());
-    metrics.scalar(prefix + "reward", score_sum / n, step);
-    metrics.scalar(prefix + "kl", kl_sum / n, step);
-    metrics.scalar(prefix + "answer_len", len_sum / n, step);
-    std::cout << fmt::format("stage {}: step {} {}reward {:.4f} {}kl {:.4f} answer_len {:.1f} ({} prompts); e.g. "
-                             "\"{}\"\n",
-                             stage, step, prefix, score_sum / n, prefix, kl_sum / n, len_sum / n, eval_indices.size(),
-                             sample);
-  };
-
-  // ---- PTX: pretraining texts as eos-joined blocks of max_seq_len tokens (DeepSpeed-Chat's group_texts) ----
-  std::vector<std::vector<int64_t>> ptx_blocks;
-  size_t ptx_next = 0;
-  if (o_.enable_ptx) {
-    const int64_t block = data.limits().max_seq_len;
-    std::vector<int64_t> stream;
-    for (const auto& text : ptx_texts) {
-      auto ids = tokenizer->encode(text, /*add_special_tokens=*/true);
-      stream.insert(stream.end(), ids.begin(), ids.end());
-      stream.push_back(pad_id);
-    }
-    for (size_t i = 0; i + block <= stream.size(); i += block)
-      ptx_blocks.emplace_back(stream.begin() + i, stream.begin() + i + block);
-    if (ptx_blocks.empty()) ptx_blocks.push_back(stream);
-  }
-
-  // ---- TP rollouts: one Megatron shard of the actor per rank, refreshed from the (whole) actor each rollout ----
-  std::shared_ptr<CausalLM> tp_shard;
-  // TP x DP: groups of inference_tp_size adjacent ranks (made here, on every rank, in the same order).
-  Mesh mesh;
-  if (o_.generation_tensor_parallel && o_.inference_tp_size < comm.size())
-    mesh = make_mesh(comm, comm.size() / static_cast<int>(o_.inference_tp_size), static_cast<int>(o_.inference_tp_size));
-  Communicator& tp_group = mesh.tp ? *mesh.tp : comm;
-  auto generate_tensor_parallel = [&](const PromptBatch& batch, const SamplingOptions& options) {
-    GenerationView view(*actor);  // LoRA fused, eval, no grad: the shard copies what generation would see
-    if (!tp_shard) {
-      tp_shard = make_tensor_parallel_shard(*handle.family, *actor, tp_group);
-    } else {
-      refresh_tensor_parallel_shard(*tp_shard, *handle.family, *actor);
-    }
-    tp_shard->eval();
-    // Every rank of the TP group decodes the group's prompts (left-padded to the longest), in lockstep, and keeps its rows.
-    const int64_t rows = batch.input_ids.size(0);
-    const auto P = static_cast<int64_t>(tp_group.max(static_cast<double>(batch.input_ids.size(1))));
-    TORCH_CHECK(static_cast<int64_t>(tp_group.max(static_cast<double>(rows))) == rows,
-                "TP rollouts need the same number of prompts on every rank of a TP group");
-    auto left_pad = [&](const at::Tensor& t, int64_t value) {
-      return at::cat({at::full({rows, P - t.size(1)}, value, t.options()), t}, 1).contiguous();
-    };
-    at::Tensor ids = left_pad(batch.input_ids.to(device), pad_id), mask = left_pad(batch.attention_mask.to(device), 0);
-    at::Tensor all_ids = at::empty({rows * tp_group.size(), P}, ids.options());
-    at::Tensor all_mask = at::empty({rows * tp_group.size(), P}, mask.options());
-    tp_group.all_gather(all_ids, ids);
-    tp_group.all_gather(all_mask, mask);
-    GenerationResult all = generator->generate(*tp_shard, all_ids, all_mask, options);
-    GenerationResult mine;
-    const int64_t first = tp_group.rank() * rows;
-    mine.prompt_length = all.prompt_length;
-    mine.sequences = all.sequences.narrow(0, first, rows).contiguous();
-    mine.attention_mask = all.attention_mask.narrow(0, first, rows).contiguous();
-    mine.answer_mask = all.answer_mask.narrow(0, first, rows).contiguous();
-    mine.logprobs = all.logprobs.narrow(0, first, rows).contiguous();
-    return mine;
-  };
-
-  // ---- experience ----
-  std::optional<Experience> last_valid;
-  int64_t rollout = 0;
-  // first_of_flush: no optimizer step happens between this rollout and the training of its first micro-batch.
-  auto make_experience = [&](const std::vector<int64_t>& indices, bool first_of_flush, double& gen_s, double& exp_s)
-      -> std::optional<Experience> {
-    PromptBatch batch = prompts_of(train, indices);
-    SamplingOptions options = sampling;
-    options.seed = ctx.seed() * 1000003ULL + static_cast<uint64_t>(rollout);
-    auto t0 = Clock::now();
-    GenerationResult out;
-    // The hybrid engine: under ZeRO-3 the actor is gathered once for the rollout (not per token or block) and
-    // released after the consistency check.
-    auto whole = actor_engine->gather_parameters();
-    if (o_.generation_tensor_parallel) {
-      out = generate_tensor_parallel(batch, options);
-    } else {
-      GenerationView view(*actor);
-      out = generator->generate(*actor, batch.input_ids.to(device), batch.attention_mask.to(device), options);
-    }
-    gen_s = seconds_since(t0, device);
-    t0 = Clock::now();
-    const int64_t P = out.prompt_length;
-    auto gen_logprobs = out.logprobs;
-    if (o_.debug_corrupt_generation_logprobs != 0.0)
-      gen_logprobs = (gen_logprobs + o_.debug_corrupt_generation_logprobs) * out.answer_mask.to(at::kFloat);
-    const auto agreement = logprob_agreement(*actor, out.sequences, out.attention_mask, P, gen_logprobs,
-                                             o_.consistency_sample_rows);
-    whole.reset();
-    metrics.scalar("consistency/max_abs_diff", agreement.max_abs_diff, actor_engine->global_step());
-    metrics.scalar("consistency/mean_abs_diff", agreement.mean_abs_diff, actor_engine->global_step());
-    const double diff = check_mean ? agreement.mean_abs_diff : agreement.max_abs_diff;
-    if (!(diff <= threshold))
-      throw ConsistencyError(fmt::format(
-          "stage {}: rollout {}: the generation path's log-probs differ from the training path's by {:.3g} ({} "
-          "over the compared tokens; consistency_threshold {:.3g}); the hybrid engine's generation view or the "
-          "generation plugin computes a different model than training does (LoRA fusion, cache, positions, masks "
-          "or dtype)",
-          stage, rollout, diff, check_mean ? "mean" : "largest", threshold));
-
-    auto keep = rows_to_keep(out.sequences, P, pad_id);
-    const int64_t dropped = out.sequences.size(0) - keep.size(0);
-    metrics.scalar("rollout/dropped_rows", static_cast<double>(dropped), actor_engine->global_step());
-    // Ranks train in lockstep: a rollout that is empty on any rank is skipped (or replaced) on every rank.
-    if (comm.max(keep.size(0) == 0 ? 1.0 : 0.0) > 0.0) {
-      // DeepSpeed-Chat reuses the last valid batch when every answer is too short.
-      std::cout << fmt::format("stage {}: rollout {}: every answer has <= 1 token; {}\n", stage, rollout,
-                               last_valid ? "reusing the previous rollout" : "skipping it");
-      return last_valid;
-    }
-    Experience e;
-    e.prompt_length = P;
-    e.seq = out.sequences.index_select(0, keep);
-    e.attention_mask = experience_mask(e.seq, pad_id);
-    // DeepSpeed-Chat computes the old log-probs and values in train mode (its scripts set dropout 0), as training
-    // does, so the first micro-batch's forwards can serve both.
-    actor_engine->train(true);
-    critic_engine->train(true);
-    auto logprobs_of_rows = [&](int64_t r0, int64_t r1) {
-      return actor_answer_logprobs(e.seq.slice(0, r0, r1), e.attention_mask.slice(0, r0, r1), P - 1);
-    };
-    auto values_of_rows = [&](int64_t r0, int64_t r1) {
-      return critic_values(e.seq.slice(0, r0, r1), e.attention_mask.slice(0, r0, r1));
-    };
-    const int64_t B = e.seq.size(0);
-    const int64_t recorded =
-        first_of_flush && o_.reuse_experience_forwards ? std::min(B, o_.training_batch_size) : 0;
-    if (recorded > 0) {
-      e.first_micro_logprobs = logprobs_of_rows(0, recorded);
-      e.first_micro_values = values_of_rows(0, recorded);
-    }
-    at::NoGradGuard no_grad;
-    auto with_recorded = [&](const at::Tensor& first, auto&& compute) {
-      if (recorded == B) return first.detach();
-      auto rest = compute(recorded, B);
-      return recorded == 0 ? rest : at::cat({first.detach(), rest}, 0);
-    };
-    e.old_logprobs = pad_front(with_recorded(e.first_micro_logprobs, logprobs_of_rows), P - 1);
-    e.values = with_recorded(e.first_micro_values, values_of_rows);
-    e.ref_logprobs = answer_logprobs(*reference, e.seq, e.attention_mask, P - 1);
-    e.score = ppo_rollout::rollout_scores(*reward, e.seq, pad_id, P).to(at::kFloat);
-    exp_s = seconds_since(t0, device);
-    last_valid = e;
-    last_valid->first_micro_logprobs = last_valid->first_micro_values = at::Tensor();  // a reuse trains afresh
-    return e;
-  };
-
-  // ---- training on buffered experience ----
-  bool stop = false;
-  NonFiniteGuard actor_nonfinite(ctx.stage_name(), o_.max_nonfinite_steps);
-  NonFiniteGuard critic_nonfinite(ctx.stage_name(), o_.max_nonfinite_steps);
-  auto after_actor_step = [&](const StepResult& r) {
-    actor_nonfinite.skipped(r, actor_engine->global_step(), "actor");
-    if (!r.applied || ctx.hooks().empty()) return;
-    auto whole = actor_engine->gather_parameters();  // the EMA reads every weight (ZeRO-3: gathered)
-    for (const auto& hook : ctx.hooks()) hook->after_optimizer_step(*actor, {actor_engine->global_step()});
-  };
-  // PTX: the actor's causal-LM loss on pretraining text, accumulated with its PPO loss (the accumulation is
-  // doubled for it, so the actor's boundary comes after this backward).
-  auto ptx_backward = [&] {
-    std::vector<at::Tensor> rows;
-    for (int64_t i = 0; i < o_.training_batch_size; ++i) {
-      const auto& b = ptx_blocks[ptx_next++ % ptx_blocks.size()];
-      rows.push_back(at::tensor(b, at::kLong));
-    }
-    auto ids = at::stack(rows).to(device);
-    auto mask = at::ones_like(ids);
-    auto logits = actor_engine->forward(ids, mask).logits;
-    const int64_t V = logits.size(-1);
-    auto loss = at::cross_entropy_loss(logits.slice(1, 0, -1).to(at::kFloat).reshape({-1, V}),
-                                       ids.slice(1, 1).reshape({-1}));
-    actor_engine->backward(loss * o_.unsup_coef);
-    return loss.item<double>();
-  };
-  struct TrainStats {
-    double actor_loss = 0, critic_loss = 0, ptx_loss = 0;
-    int64_t micro = 0, rows = 0, overflow_skips = 0;
-  };
-  // fp16: an overflow in either model skips both steps, so both backward passes come before either step (the
-  // models are apart and the passes run in the same order, so only the skipping differs). Otherwise
-  // DeepSpeed-Chat's order, in which the actor's gradients are freed before the critic's pass.
-  const bool fp16_pair = actor->dtype() == at::kHalf || critic->base->dtype() == at::kHalf;
-  auto train_on = [&](std::vector<Experience>& buffer) {
-    TrainStats s;
-    actor_engine->train(true);
-    critic_engine->train(true);
-    for (int64_t ep = 0; ep < o_.ppo_epochs && !stop; ++ep) {
-      for (auto& e : buffer) {
-        const int64_t B = e.seq.size(0), start = e.prompt_length - 1;
-        // Every rank takes as many micro-batches as the rank with the most rows (a rank with fewer rows after
-        // dropping short answers wraps around), so that the collectives line up.
-        const int64_t local_micro = (B + o_.training_batch_size - 1) / o_.training_batch_size;
-        const auto micro_batches = static_cast<int64_t>(comm.max(static_cast<double>(local_micro)));
-        for (int64_t k = 0; k < micro_batches && !stop; ++k) {
-          const int64_t r0 = (k % local_micro) * o_.training_batch_size;
-          const int64_t r1 = std::min(B, r0 + o_.training_batch_size);
-          auto seq = e.seq.slice(0, r0, r1), mask = e.attention_mask.slice(0, r0, r1);
-          auto old_logp = e.old_logprobs.slice(0, r0, r1), ref_logp = e.ref_logprobs.slice(0, r0, r1);
-          auto action_mask = mask.slice(1, 1);
-          at::Tensor old_values = e.values.slice(0, r0, r1).clone(), advantages, returns;
-          {
-            at::NoGradGuard no_grad;
-            auto rewards = ppo::compute_rewards(old_logp, ref_logp, e.score.slice(0, r0, r1), action_mask, start,
-                                                o_.ppo);
-            ppo::mask_after_end(rewards, old_values, action_mask, start);
-            auto ar = ppo::get_advantages_and_returns(old_values, rewards, start, o_.ppo);
-            advantages = ar.advantages;
-            returns = ar.returns;
-          }
-          auto m = action_mask.slice(1, start).to(at::kFloat);
-          // The experience forwards recorded for this micro-batch (the first, on unchanged weights), used once.
-          const bool recorded = k == 0 && e.first_micro_logprobs.defined();
-          // actor
-          auto logp = recorded ? std::exchange(e.first_micro_logprobs, at::Tensor())
-                               : actor_answer_logprobs(seq, mask, start);
-          auto a_loss = ppo::actor_loss(logp, old_logp.slice(1, start), advantages, m, o_.ppo);
-          actor_engine->backward(a_loss);
-          if (!fp16_pair) after_actor_step(actor_engine->step());  // not yet a boundary with PTX
-          if (o_.enable_ptx) s.ptx_loss += ptx_backward();
-          if (o_.enable_ptx && !fp16_pair) after_actor_step(actor_engine->step());
-          // critic
-          auto values = recorded ? std::exchange(e.first_micro_values, at::Tensor()) : critic_values(seq, mask);
-          auto c_loss = ppo::critic_loss(values.slice(1, start), old_values.slice(1, start), returns, m, o_.ppo);
-          critic_engine->backward(c_loss);
-          StepOptions together;
-          if (fp16_pair) {
-            const bool actor_overflow = actor_engine->gradients_overflowed();  // both asked: each is collective
-            const bool critic_overflow = critic_engine->gradients_overflowed();
-            together.skip = actor_overflow || critic_overflow;
-            if (together.skip) ++s.overflow_skips;
-            after_actor_step(actor_engine->step(together));
-          }
-          critic_nonfinite.skipped(critic_engine->step(together), critic_engine->global_step(), "critic");
-          s.actor_loss += a_loss.item<double>();
-          s.critic_loss += c_loss.item<double>();
-          ++s.micro;
-          s.rows += r1 - r0;
-          if (o_.max_steps > 0 && actor_engine->global_step() >= o_.max_steps) stop = true;
-        }
-      }
-    }
-    return s;
-  };
-
-  // ---- the loop ----
-  // ---- checkpoints: <stage>/checkpoints/step-N/{actor,critic,hook-I}, complete once ppo.json is written ----
-  const fs::path checkpoints = ctx.stage_dir() / "checkpoints";
-  auto save_checkpoint = [&](int64_t epoch, int64_t next_batch) {
-    const fs::path dir = checkpoints / fmt::format("step-{}", actor_engine->global_step());
-    nlohmann::json position = {{"epoch", epoch}, {"next_batch", next_batch}, {"rollout", rollout},
-                               {"ptx_next", ptx_next}, {"world_size", comm.size()}};
-    actor_engine->save_checkpoint(dir / "actor", position);
-    critic_engine->save_checkpoint(dir / "critic", position);
-    if (comm.is_main()) {
-      for (size_t i = 0; i < ctx.hooks().size(); ++i) ctx.hooks()[i]->save_state(dir / fmt::format("hook-{}", i));
-      write_file_atomic(dir / "ppo.json", position.dump(2) + "\n");  // last: the checkpoint is complete
-      prune_checkpoints(ctx.stage_dir(), 2, "ppo.json");  // keep the two newest
-    }
-    comm.barrier();
-  };
-  int64_t start_epoch = 0, start_batch = 0;
-  const std::optional<fs::path> resume_from = latest_checkpoint(ctx.stage_dir(), "ppo.json");
-  if (resume_from) {
-    auto position = actor_engine->load_checkpoint(*resume_from / "actor");
-    critic_engine->load_checkpoint(*resume_from / "critic");
-    for (size_t i = 0; i < ctx.hooks().size(); ++i)
-      ctx.hooks()[i]->load_state(*resume_from / fmt::format("hook-{}", i));
-    start_epoch = position.at("epoch").get<int64_t>();
-    start_batch = position.at("next_batch").get<int64_t>();
-    rollout = position.at("rollout").get<int64_t>();
-    ptx_next = position.at("ptx_next").get<size_t>();
-    std::cout << fmt::format("stage {}: resuming from {} (step {}, epoch {}, prompt batch {})\n", stage,
-                             resume_from->string(), actor_engine->global_step(), start_epoch, start_batch);
-    metrics.truncate_after(actor_engine->global_step());  // drop what the interrupted attempt logged after it
-  } else {
-    metrics.truncate_after(-1);
-    evaluate(*actor, 0, "eval/");
-  }
-  ctx.progress().start(stage, total);
-  const auto& dims = actor->dims();
-  const auto& cdims = critic->base->dims();
-  const double k_actor = actor_opt.gradient_checkpointing ? 4.0 : 3.0;
-  const double k_critic = critic_opt.gradient_checkpointing ? 4.0 : 3.0;
-  std::vector<Experience> buffer;
-  double buf_gen_s = 0, buf_exp_s = 0, buf_gen_flops = 0, buf_rollout_rows = 0, reward_sum = 0, kl_sum = 0;
-  auto flush = [&] {
-    if (buffer.empty()) return;
-    // The means over every rank's rollouts.
-    reward_sum = comm.sum(reward_sum);
-    kl_sum = comm.sum(kl_sum);
-    buf_rollout_rows = comm.sum(buf_rollout_rows);
-    auto t0 = Clock::now();
-    TrainStats s = train_on(buffer);
-    const double train_s = seconds_since(t0, device);
-    const int64_t step = actor_engine->global_step();
-    double train_flops = 0;
-    for (const auto& e : buffer) {
-      const double B = static_cast<double>(e.seq.size(0)) * o_.ppo_epochs, L = static_cast<double>(e.seq.size(1));
-      train_flops += megatron_flops(k_actor, B, L, dims) + megatron_flops(k_critic, B, L, cdims);
-    }
-    const double n = static_cast<double>(std::max<int64_t>(s.micro, 1));
-    metrics.scalar("reward/mean", reward_sum / buf_rollout_rows, step);
-    metrics.scalar("kl/mean", kl_sum / buf_rollout_rows, step);
-    metrics.scalar("actor/loss", s.actor_loss / n, step);
-    metrics.scalar("critic/loss", s.critic_loss / n, step);
-    if (o_.enable_ptx) metrics.scalar("ptx/loss", s.ptx_loss / n, step);
-    if (fp16_pair) metrics.scalar("train/overflow_skipped_steps", static_cast<double>(s.overflow_skips), step);
-    metrics.scalar("actor/lr", actor_engine->lr(), step);
-    metrics.scalar("time/generation_s", buf_gen_s, step);
-    metrics.scalar("time/experience_s", buf_exp_s, step);
-    metrics.scalar("time/training_s", train_s, step);
-    metrics.scalar("samples_per_s", buf_rollout_rows / (buf_gen_s + buf_exp_s + train_s), step);
-    metrics.scalar("tflops_generation", buf_gen_flops / buf_gen_s / 1e12, step);
-    metrics.scalar("tflops_training", train_flops / train_s / 1e12, step);
-    if (device.is_cuda()) metrics.scalar("memory/peak_gpu_bytes", static_cast<double>(peak_device_memory(device)), step);
-    ctx.progress().update(step,
-                          {{"reward", reward_sum / buf_rollout_rows},
-                           {"kl", kl_sum / buf_rollout_rows},
-                           {"actor_loss", s.actor_loss / n},
-                           {"critic_loss", s.critic_loss / n}},
-                          static_cast<int64_t>(buf_rollout_rows));
-    buffer.clear();
-    buf_gen_s = buf_exp_s = buf_gen_flops = buf_rollout_rows = reward_sum = kl_sum = 0;
-  };
-
-  for (int64_t epoch = start_epoch; epoch < o_.epochs && !stop; ++epoch) {
-    const auto batches = rank_batches(
-        epoch_batches(static_cast<int64_t>(train.size()), o_.generation_batch_size, ctx.seed(), epoch), comm.rank(),
-        comm.size());
-    for (size_t b = epoch == start_epoch ? static_cast<size_t>(start_batch) : 0; b < batches.size(); ++b) {
-      if (stop) break;
-      const auto& indices = batches[b];
-      double gen_s = 0, exp_s = 0;
-      auto e = make_experience(indices, buffer.empty(), gen_s, exp_s);
-      ++rollout;
-      if (!e) continue;
-      {
-        at::NoGradGuard no_grad;
-        const int64_t P = e->prompt_length;
-        auto action = e->attention_mask.slice(1, P).to(at::kFloat);
-        kl_sum += ((e->old_logprobs.slice(1, P - 1) - e->ref_logprobs.slice(1, P - 1)) * action).sum().item<double>();
-        reward_sum += e->score.sum().item<double>();
-      }
-      buf_gen_s += gen_s;
-      buf_exp_s += exp_s;
-      buf_rollout_rows += static_cast<double>(e->seq.size(0));
-      // Generation as DeepSpeed-Chat counts it: forward-only (k = 1) over the whole sequence.
-      buf_gen_flops += megatron_flops(1.0, static_cast<double>(indices.size()), static_cast<double>(e->seq.size(1)),
-                                      dims);
-      buffer.push_back(std::move(*e));
-      if (static_cast<int64_t>(buffer.size()) == o_.generation_batches) {
-        flush();
-        const bool epoch_end = b + 1 == batches.size();
-        auto save = [&] { save_checkpoint(epoch_end ? epoch + 1 : epoch, epoch_end ? 0 : static_cast<int64_t>(b) + 1); };
-        const bool periodic = o_.checkpoint_interval > 0 && rollout % o_.checkpoint_interval == 0;
-        if (periodic) save();
-        if (const int sig = stop_signal_everywhere()) {  // after a training flush: nothing buffered is lost
-          if (!periodic) save();
-          ctx.progress().finish();
-          metrics.flush();
-          throw StopRequested(sig, fmt::format("stopped by {} after rollout {} (step {}); checkpoint {}",
-                                               signal_name(sig), rollout, actor_engine->global_step(),
-                                               (checkpoints / fmt::format("step-{}", actor_engine->global_step())).string()));
-        }
-      }
-      if (o_.eval_interval > 0 && rollout % o_.eval_interval == 0)
-        evaluate(*actor, actor_engine->global_step(), "eval/");
-    }
-  }
-  flush();
-  ctx.progress().finish();
-  const int64_t final_step = actor_engine->global_step();
-  evaluate(*actor, final_step, "eval/");
-
-  // The EMA is the same on every rank; rank 0 writes it, the others wait before reading it back.
-  {
-    auto whole = actor_engine->gather_parameters();
-    if (comm.is_main())
-      for (const auto& hook : ctx.hooks()) hook->on_train_end(*actor, ctx.stage_dir());
-  }
-  comm.barrier();
-  // The EMA (written by the `ema` hook) evaluated the same way as the actor.
-  const fs::path ema_dir = ctx.stage_dir() / "ema";
-  if (fs::exists(ema_dir / "config.json")) {
-    auto ema = handle.family->from_pretrained(ema_dir, handle.options);
-    ema->to(device);
-    evaluate(*ema, final_step, "eval/ema_");
-  }
-
-  const fs::path final_dir = ctx.stage_dir() / "final";
-  auto actor_whole = actor_engine->gather_parameters();
-  auto critic_whole = critic_engine->gather_parameters();
-  if (!comm.is_main()) return;
-  handle.family->export_hf(*actor, final_dir);
-  tokenizer->save(final_dir);
-  if (o_.save_critic) {
-    nlohmann::json conventions = {{"pad_token_id", pad_id}};
-    std::ifstream in(ctx.model_dir("critic") / "reward_model.json");
-    if (in) conventions = nlohmann::json::parse(in);
-    save_reward_model(*critic, *ctx.model("critic").family, ctx.tokenizer("critic").get(), ctx.stage_dir() / "critic",
-                      conventions);
-  }
-}
 
 }  // namespace
 

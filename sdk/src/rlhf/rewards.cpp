@@ -1,0 +1,101 @@
+#include "dschat/sdk/rlhf/rewards.h"
+
+#include <ATen/ops/zeros.h>
+#include <c10/core/GradMode.h>
+
+#include <fmt/format.h>
+
+#include "dschat/sdk/reward_loss.h"
+#include "dschat/sdk/reward_model.h"
+#include "dschat/sdk/rlhf/rollout.h"
+#include "dschat/sdk/tokenizer.h"
+
+namespace dschat::rlhf {
+
+at::Tensor reward_model_scores(RewardModel& reward, const at::Tensor& seq, int64_t pad_id, int64_t prompt_length) {
+  return end_scores(reward.values(seq, experience_mask(seq, pad_id)), seq, pad_id, prompt_length);
+}
+
+namespace {
+
+class RewardModelScore : public RewardFunction {
+ public:
+  explicit RewardModelScore(std::shared_ptr<RewardModel> model) : model_(std::move(model)) {}
+  at::Tensor score(const RewardBatch& batch) override {
+    at::NoGradGuard no_grad;
+    return reward_model_scores(*model_, batch.sequences, batch.pad_id, batch.prompt_length).to(at::kFloat);
+  }
+
+ private:
+  std::shared_ptr<RewardModel> model_;
+};
+
+}  // namespace
+
+WeightedReward reward_model_reward(std::shared_ptr<RewardModel> model, double weight) {
+  return {"reward-model", weight, std::make_shared<RewardModelScore>(std::move(model))};
+}
+
+std::vector<const TextExample*> rollout_examples(const std::vector<TextExample>& examples,
+                                                 const std::vector<TokenizedExample>& set,
+                                                 const std::vector<int64_t>& indices, int64_t copies,
+                                                 const at::Tensor& kept) {
+  std::vector<const TextExample*> rows;
+  for (auto i : indices) {
+    const int64_t e = set.at(static_cast<size_t>(i)).example;
+    const TextExample* row = e >= 0 && e < static_cast<int64_t>(examples.size()) ? &examples[e] : nullptr;
+    for (int64_t c = 0; c < copies; ++c) rows.push_back(row);
+  }
+  if (!kept.defined()) return rows;
+  auto index = kept.to(at::kCPU).to(at::kLong).contiguous();
+  std::vector<const TextExample*> out;
+  for (int64_t k = 0; k < index.numel(); ++k) out.push_back(rows.at(static_cast<size_t>(index.data_ptr<int64_t>()[k])));
+  return out;
+}
+
+RewardSum::RewardSum(std::vector<WeightedReward> rewards, std::shared_ptr<const Tokenizer> tokenizer)
+    : rewards_(std::move(rewards)), tokenizer_(std::move(tokenizer)) {
+  TORCH_CHECK(!rewards_.empty(), "RewardSum needs at least one reward");
+  for (const auto& r : rewards_) {
+    TORCH_CHECK(r.function, "reward '", r.name, "' has no function");
+    if (!dynamic_cast<const RewardModelScore*>(r.function.get())) decode_ = true;
+  }
+  TORCH_CHECK(!decode_ || tokenizer_, "rule rewards read the answers' text: RewardSum needs a tokenizer");
+}
+
+RewardScores RewardSum::score(const at::Tensor& sequences, const at::Tensor& answer_mask, int64_t prompt_length,
+                              int64_t pad_id, const std::vector<const TextExample*>& examples) {
+  const int64_t B = sequences.size(0);
+  TORCH_CHECK(examples.empty() || static_cast<int64_t>(examples.size()) == B, "RewardSum::score: ", examples.size(),
+              " data rows for ", B, " sequences");
+  RewardBatch batch;
+  batch.sequences = sequences;
+  batch.prompt_length = prompt_length;
+  batch.pad_id = pad_id;
+  auto answers = sequences.slice(1, prompt_length);
+  TORCH_CHECK(answer_mask.sizes() == answers.sizes(), "RewardSum::score: answer_mask ", answer_mask.sizes(),
+              " does not match the answers ", answers.sizes());
+  batch.answer_mask = answer_mask;
+  batch.examples = examples;
+  if (decode_) {
+    auto ids = answers.to(at::kCPU).contiguous();
+    auto lengths = answer_mask.sum(1).to(at::kCPU);
+    for (int64_t b = 0; b < B; ++b) {
+      const int64_t* row = ids[b].data_ptr<int64_t>();
+      batch.answers.push_back(
+          tokenizer_->decode(std::vector<int64_t>(row, row + lengths[b].item<int64_t>()), /*skip_special_tokens=*/true));
+    }
+  }
+  RewardScores out;
+  for (const auto& r : rewards_) {
+    at::Tensor s = r.function->score(batch);
+    TORCH_CHECK(s.dim() == 1 && s.size(0) == B, "reward '", r.name, "' returned scores of shape ", s.sizes(),
+                " for ", B, " rows; expected [", B, "]");
+    s = s.to(sequences.device(), at::kFloat);
+    out.total = out.total.defined() ? out.total + s * r.weight : (r.weight == 1.0 ? s : s * r.weight);
+    out.parts.emplace_back(r.name, s);
+  }
+  return out;
+}
+
+}  // namespace dschat::rlhf
