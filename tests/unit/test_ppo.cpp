@@ -166,6 +166,26 @@ TEST(Ppo, ShortRunRaisesTheHeldOutScoreAndWritesItsOutputs) {
     EXPECT_TRUE(fs::exists(stage / f)) << f;
 }
 
+// A stage that lists rewards scores with them, not with the reward role: with length-penalty at max_tokens = 1
+// every kept answer (2 or 3 tokens; rows of <= 1 token are dropped) scores exactly -1 or -2, which no reward
+// model's value head gives run after run.
+TEST(Ppo, ListedRewardsReplaceTheRewardModel) {
+  const fs::path root = fresh_dir("ppo-rule-reward");
+  auto file = write_pipeline(root, "max_steps = 4\nrewards = [{ plugin = \"length-penalty\", max_tokens = 1 }]\n");
+  auto pipeline = load_pipeline(file, {}, registry());
+  ASSERT_TRUE(run_pipeline(pipeline, registry()));
+  auto rows = read_metrics(root / "run" / "rlhf");
+  auto rewards = values_of(rows, "reward/mean");
+  ASSERT_EQ(rewards.size(), 4u);
+  for (double r : rewards) {
+    EXPECT_GE(r, -2.0 - 1e-9);
+    EXPECT_LE(r, -1.0 + 1e-9);
+  }
+  auto eval = values_of(rows, "eval/reward");  // greedy answers: 0 to 3 tokens, so -2 to 0
+  ASSERT_FALSE(eval.empty());
+  for (double r : eval) EXPECT_LE(r, 1e-9);
+}
+
 // A run interrupted after step 4 and resumed from its checkpoint ends where an uninterrupted run ends: the same
 // actor and EMA weights, bit for bit (constant lr, so the schedule does not depend on the planned length).
 TEST(Ppo, ResumesFromItsCheckpointExactly) {

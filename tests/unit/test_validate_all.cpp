@@ -360,7 +360,8 @@ model = "actor"
 
 // A stage's rewards = [...]: each plugin is created at load, its weight read by the host; an unknown plugin, a
 // model that is neither a [models.*] entry nor an earlier stage, and a data field some row lacks are refused at
-// the reward's table before any work. A ppo stage that lists rewards (it does not read them yet) validates.
+// the reward's table before any work; so is a stage that lists rewards and names a reward model too. A ppo stage
+// with valid rewards validates.
 TEST(ValidateAll, RewardsAreCheckedAtTheirTables) {
   fs::create_directories(kOut);
   {
@@ -442,11 +443,55 @@ generation = {{ plugin = "kv-cache" }}
 )");
   result = run_dschat("validate " + fine.string());
   EXPECT_EQ(result.exit_code, 0) << result.output;
+  auto both = write("rewards-and-reward.toml", head + R"(reward = "actor"
+rewards = [{ plugin = "length-penalty", max_tokens = 8 }]
+)");
+  result = run_dschat("validate " + both.string());
+  EXPECT_EQ(result.exit_code, 2) << result.output;
+  EXPECT_NE(result.output.find(both.string() + ":19:10: stage.rlhf.reward: the stage lists rewards, which replace "
+                               "the reward model"),
+            std::string::npos)
+      << result.output;
   auto typo = write("rewards-typo.toml", head + R"(rewards = [{ plugin = "length-penalty", max_tokens = 8, wieght = 0.5 }]
 )");
   result = run_dschat("validate " + typo.string());
   EXPECT_EQ(result.exit_code, 2) << result.output;
   EXPECT_NE(result.output.find("stage.rlhf.rewards[0].wieght: unknown key"), std::string::npos) << result.output;
+}
+
+// grpo and rloo compare each answer with the other answers to its prompt: num_samples = 1 is refused at its line
+// by validate, before any stage runs.
+TEST(ValidateAll, GroupAlgorithmsNeedTwoSamplesPerPrompt) {
+  for (const std::string algorithm : {"grpo", "rloo"}) {
+    auto file = write(algorithm + "-one-sample.toml", fmt::format(R"([pipeline]
+name = "group"
+
+[models.actor]
+path = "{0}"
+init = "random"
+
+[data]
+datasets = ["{1}"]
+max_seq_len = 96
+max_prompt_seq_len = 32
+
+[[stage]]
+name = "rl"
+algorithm = "{2}"
+actor = "actor"
+num_samples = 1
+rewards = [{{ plugin = "length-penalty", max_tokens = 8 }}]
+generation = {{ plugin = "kv-cache", do_sample = true }}
+)",
+                                                               kModel, kData, algorithm));
+    auto result = run_dschat("validate " + file.string());
+    EXPECT_EQ(result.exit_code, 2) << result.output;
+    EXPECT_NE(result.output.find(file.string() + ":17:15: stage.rl.num_samples: " + algorithm +
+                                 " compares each answer with the other answers to its prompt: it needs at least 2 "
+                                 "samples per prompt, got 1"),
+              std::string::npos)
+        << result.output;
+  }
 }
 
 }  // namespace

@@ -2,15 +2,17 @@
 // generation view, the EMA hook and optional PTX mixing.
 //
 // Roles: actor (trained, e.g. the sft stage), critic (trained, e.g. the rm stage), reference (frozen, default: the
-// actor's model) and reward (frozen, default: the critic's model).
+// actor's model) and reward (frozen, default: the critic's model). A stage that lists `rewards` (reward plugins:
+// reward-model, exact-answer, length-penalty, summed with their weights) scores with them instead of the reward
+// role.
 //
 // Per prompt batch (a rollout): generate answers inside a GenerationView on the actor with the stage's generation
 // plugin (eos and pad = the tokenizer's eos, as DeepSpeed-Chat sets pad = eos); compare the generation path's
 // log-probs with the training path's on a few rows (consistency/max_abs_diff; past consistency_threshold the run
 // stops); drop rows whose answer has <= 1 non-pad token; with attention_mask = (seq != pad) -- DeepSpeed-Chat's
 // mask, which also hides OPT's BOS (== pad) and a generated eos -- compute old log-probs (actor), ref log-probs,
-// values over [:, :-1] (critic) and the reward model's score at the last token before the first pad after the
-// prompt. Once generation_batches rollouts are buffered: ppo_epochs passes over per_device_training_batch_size
+// values over [:, :-1] (critic) and the reward (the reward model's score at the last token before the first pad
+// after the prompt, or the stage's rewards' sum). Once generation_batches rollouts are buffered: ppo_epochs passes over per_device_training_batch_size
 // micro-batches, each an actor step (then a PTX step when enabled), the hooks' after_optimizer_step, and a critic
 // step; the math is dschat/sdk/ppo_math.h.
 //
@@ -20,7 +22,7 @@
 // ratio exactly 1 as in DeepSpeed-Chat; with the default generation batch = training batch, every micro-batch).
 //
 // Eval (at the start, every eval_interval rollouts, at the end): greedy answers to the held-out PPO prompts, their
-// mean reward-model score (eval/reward) and the mean per-sequence KL to the reference (eval/kl). At the end the
+// mean reward (eval/reward) and the mean per-sequence KL to the reference (eval/kl). At the end the
 // EMA written by the `ema` hook is evaluated the same way (eval/ema_reward, eval/ema_kl).
 //
 // Outputs: stage_dir/final (actor, HF folder + tokenizer), stage_dir/critic (save_reward_model), stage_dir/ema
@@ -28,6 +30,7 @@
 //
 // Options (defaults are DeepSpeed-Chat's):
 //   actor, critic (required), reference (= actor), reward (= critic)     roles
+//   rewards [] -- [{ plugin = "exact-answer", weight = 1.0, ... }, ...]: reward plugins in place of `reward`
 //   per_device_generation_batch_size 16, per_device_training_batch_size 16, generation_batches 1, ppo_epochs 1,
 //   epochs 1 (passes over the PPO prompts), max_steps 0 (cap on actor optimizer steps; 0 = none),
 //   gradient_accumulation_steps 1 (doubled for the actor with PTX, as DeepSpeed-Chat does)
@@ -93,6 +96,7 @@
 #include "dschat/sdk/strategy.h"
 #include "dschat/sdk/rlhf/evaluator.h"
 #include "dschat/sdk/rlhf/ptx.h"
+#include "dschat/sdk/rlhf/consistency.h"
 #include "dschat/sdk/rlhf/rewards.h"
 #include "dschat/sdk/rlhf/rollout.h"
 #include "dschat/sdk/rlhf/stage_checkpoint.h"
@@ -130,9 +134,7 @@ struct PpoOptions {
   ppo::PpoConfig ppo;
   bool enable_ptx = false;
   double unsup_coef = 27.8;
-  std::optional<double> consistency_threshold;  // unset: 1e-3 for fp32 models, 0.1 for bf16 / fp16
-  std::optional<std::string> consistency_statistic;  // unset: "max" for fp32 models, "mean" for bf16 / fp16
-  int64_t consistency_sample_rows = 2;
+  rlhf::ConsistencyCheckConfig consistency;
   int64_t eval_interval = 0, eval_prompts = 0, eval_batch_size = 16;
   bool trim_prompt_padding = true;
   bool save_critic = true;
@@ -151,7 +153,11 @@ PpoOptions read_options(const ConfigTable& t) {
   o.actor = t.get_string("actor");
   o.critic = t.get_string("critic");
   o.reference = t.get_string("reference", o.actor);
-  o.reward = t.get_string("reward", o.critic);
+  // The stage's rewards replace the reward role (default: the critic's model, as DeepSpeed-Chat).
+  if (t.has("rewards") && t.has("reward"))
+    t.fail("reward", "the stage lists rewards, which replace the reward model: add it to the list instead, "
+                     "rewards = [{ plugin = \"reward-model\", model = \"<model>\" }, ...]");
+  o.reward = t.has("rewards") ? "" : t.get_string("reward", o.critic);
   o.generation_batch_size = t.get_int("per_device_generation_batch_size", 16, 1);
   o.training_batch_size = t.get_int("per_device_training_batch_size", 16, 1);
   o.generation_batches = t.get_int("generation_batches", 1, 1);
@@ -195,10 +201,7 @@ PpoOptions read_options(const ConfigTable& t) {
     t.fail("enable_ptx", "PTX mixes pretraining texts into the actor's steps: list them in [data] pretraining = "
                          "[\"texts.txt\", ...]");
   o.unsup_coef = t.get_float("unsup_coef", 27.8, 0.0);
-  if (t.has("consistency_threshold")) o.consistency_threshold = t.get_float("consistency_threshold", {}, 0.0);
-  if (t.has("consistency_statistic"))
-    o.consistency_statistic = t.get_choice("consistency_statistic", {"max", "mean"}, "max");
-  o.consistency_sample_rows = t.get_int("consistency_sample_rows", 2, 0);
+  o.consistency = rlhf::read_consistency_check(t);
   o.eval_interval = t.get_int("eval_interval", 0, 0);
   o.max_nonfinite_steps = t.get_int("max_nonfinite_steps", 3, 1);
   o.eval_prompts = t.get_int("eval_prompts", 0, 0);
@@ -282,7 +285,7 @@ class PpoTrainer {
   int64_t pad_id_ = 0;
   const std::vector<TokenizedExample>& train_;
   std::shared_ptr<CausalLM> actor_, reference_;
-  std::shared_ptr<RewardModel> critic_, reward_;
+  std::shared_ptr<RewardModel> critic_;
   OptimizerOptions actor_opt_, critic_opt_;
   int64_t total_steps_ = 1;
   std::unique_ptr<Engine> actor_engine_, critic_engine_;
@@ -311,10 +314,7 @@ PpoTrainer::PpoTrainer(const PpoOptions& options, StageContext& context)
         "stage {}: ppo generates answers with the stage's generation plugin; add generation = {{ plugin = "
         "\"kv-cache\", max_new_tokens = 256 }} to the stage",
         stage_));
-  auto eos = tokenizer_->eos_id();
-  auto pad_opt = eos ? eos : tokenizer_->pad_id();  // DeepSpeed-Chat: pad = eos (every family but LLaMA)
-  if (!pad_opt) throw std::invalid_argument("the actor's tokenizer has neither a pad nor an eos token");
-  pad_id_ = *pad_opt;
+  pad_id_ = rlhf::rollout_pad_id(*tokenizer_);
   const auto& data = ctx_.data();
   const auto& held_out = data.tokenized(Phase::ppo, true, *tokenizer_);
   if (train_.empty()) throw std::invalid_argument(fmt::format("stage {}: the PPO split has no prompts", stage_));
@@ -327,13 +327,10 @@ PpoTrainer::PpoTrainer(const PpoOptions& options, StageContext& context)
   reference_ = ctx_.load_model("reference");
   critic_ = std::make_shared<RewardModel>(ctx_.load_model("critic"));
   load_value_head(*critic_, ctx_.model_dir("critic"));
-  reward_ = std::make_shared<RewardModel>(ctx_.load_model("reward"));
-  load_value_head(*reward_, ctx_.model_dir("reward"));
-  for (torch::nn::Module* frozen : {static_cast<torch::nn::Module*>(reference_.get()),
-                                    static_cast<torch::nn::Module*>(reward_.get())}) {
-    for (auto& p : frozen->parameters()) p.set_requires_grad(false);
-    frozen->eval();
-  }
+  for (auto& p : reference_->parameters()) p.set_requires_grad(false);
+  reference_->eval();
+  rewards_ = std::make_unique<rlhf::RewardSum>(rlhf::stage_rewards(ctx_, o_.reward.empty() ? "" : "reward"),
+                                               tokenizer_);
   add_lora(*actor_, *handle_.family, o_.actor_lora_dim, o_.actor_lora_module_name, "actor", {});
   add_lora(*critic_, *ctx_.model("critic").family, o_.critic_lora_dim, o_.critic_lora_module_name, "critic",
            {"v_head"});
@@ -356,31 +353,23 @@ PpoTrainer::PpoTrainer(const PpoOptions& options, StageContext& context)
   critic_engine_ = ctx_.strategy().make_engine(critic_, critic_->base, critic_opt_);
   device_ = actor_engine_->device();
   reference_->to(device_);
-  reward_->to(device_);
+  rewards_->prepare(ctx_, device_);
   // fp16: an overflow in either model skips both steps, so both backward passes come before either step (the
   // models are apart and the passes run in the same order, so only the skipping differs). Otherwise
   // DeepSpeed-Chat's order, in which the actor's gradients are freed before the critic's pass.
   fp16_pair_ = actor_->dtype() == at::kHalf || critic_->base->dtype() == at::kHalf;
 
   // ---- rollouts, rewards, evaluation, PTX ----
-  sampling_ = generator->defaults();
-  sampling_.eos_token_ids = {pad_id_};
-  if (eos) sampling_.eos_token_ids = {*eos};
-  sampling_.pad_token_id = pad_id_;
-  const bool exact = actor_->dtype() == at::kFloat;
+  sampling_ = rlhf::rollout_sampling(*generator, *tokenizer_, pad_id_);
   rlhf::RolloutOptions rollout;
   rollout.stage = stage_;
   rollout.pad_id = pad_id_;
   rollout.tensor_parallel = o_.generation_tensor_parallel;
   rollout.inference_tp_size = o_.generation_tensor_parallel ? o_.inference_tp_size : 1;
-  rollout.consistency_threshold = o_.consistency_threshold.value_or(exact ? 1e-3 : 0.1);
-  rollout.consistency_mean = o_.consistency_statistic.value_or(exact ? "max" : "mean") == "mean";
-  rollout.consistency_sample_rows = o_.consistency_sample_rows;
+  rlhf::apply_consistency_check(o_.consistency, actor_->dtype(), rollout);
   rollout.debug_corrupt_generation_logprobs = o_.debug_corrupt_generation_logprobs;
   collector_ = std::make_unique<rlhf::RolloutCollector>(rollout, *actor_, *actor_engine_, *handle_.family,
                                                         *generator, comm_);
-  rewards_ = std::make_unique<rlhf::RewardSum>(std::vector<WeightedReward>{rlhf::reward_model_reward(reward_)},
-                                               tokenizer_);
   rlhf::EvaluatorOptions eval;
   eval.stage = stage_;
   eval.prompts = o_.eval_prompts;
@@ -724,7 +713,9 @@ class Ppo : public Algorithm {
 
   DataNeeds data_needs() const override { return {Phase::ppo, false}; }
   std::map<std::string, std::string> model_roles() const override {
-    return {{"actor", o_.actor}, {"critic", o_.critic}, {"reference", o_.reference}, {"reward", o_.reward}};
+    std::map<std::string, std::string> roles = {{"actor", o_.actor}, {"critic", o_.critic}, {"reference", o_.reference}};
+    if (!o_.reward.empty()) roles["reward"] = o_.reward;
+    return roles;
   }
   void run(StageContext& context) override { PpoTrainer(o_, context).run(); }
 

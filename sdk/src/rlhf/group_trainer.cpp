@@ -21,7 +21,6 @@
 #include "dschat/sdk/loss_scale.h"
 #include "dschat/sdk/metrics.h"
 #include "dschat/sdk/ppo_math.h"
-#include "dschat/sdk/reward_model.h"
 #include "dschat/sdk/rlhf/evaluator.h"
 #include "dschat/sdk/rlhf/rewards.h"
 #include "dschat/sdk/rlhf/rollout.h"
@@ -48,6 +47,9 @@ GroupTrainerOptions read_group_trainer_options(const ConfigTable& t, const std::
                             algorithm));
   o.actor = t.get_string("actor");
   o.reference = t.get_string("reference", o.actor);
+  if (t.has("rewards") && t.has("reward"))
+    t.fail("reward", "the stage lists rewards, which replace the reward model: add it to the list instead, "
+                     "rewards = [{ plugin = \"reward-model\", model = \"<model>\" }, ...]");
   o.reward = t.get_string("reward", "");
   o.num_samples = t.get_int("num_samples", 4);
   if (o.num_samples < 2)
@@ -80,10 +82,7 @@ GroupTrainerOptions read_group_trainer_options(const ConfigTable& t, const std::
   o.trim_prompt_padding = t.get_bool("trim_prompt_padding", true);
   o.checkpoint_interval = t.get_int("checkpoint_interval", 0, 0);
   o.max_nonfinite_steps = t.get_int("max_nonfinite_steps", 3, 1);
-  if (t.has("consistency_threshold")) o.consistency_threshold = t.get_float("consistency_threshold", {}, 0.0);
-  if (t.has("consistency_statistic"))
-    o.consistency_statistic = t.get_choice("consistency_statistic", {"max", "mean"}, "max");
-  o.consistency_sample_rows = t.get_int("consistency_sample_rows", 2, 0);
+  o.consistency = read_consistency_check(t);
   return o;
 }
 
@@ -165,10 +164,7 @@ GroupTrainer::GroupTrainer(const GroupTrainerOptions& options, StageContext& con
     throw std::invalid_argument(fmt::format("stage {}: {} samples answers with the stage's generation plugin; add "
                                             "generation = {{ plugin = \"kv-cache\", do_sample = true }}",
                                             stage_, o_.algorithm));
-  auto eos = tokenizer_->eos_id();
-  auto pad = eos ? eos : tokenizer_->pad_id();
-  if (!pad) throw std::invalid_argument("the actor's tokenizer has neither a pad nor an eos token");
-  pad_id_ = *pad;
+  pad_id_ = rollout_pad_id(*tokenizer_);
   const auto& data = ctx_.data();
   if (train_.empty()) throw std::invalid_argument(fmt::format("stage {}: the PPO split has no prompts", stage_));
 
@@ -176,15 +172,7 @@ GroupTrainer::GroupTrainer(const GroupTrainerOptions& options, StageContext& con
   reference_ = ctx_.load_model("reference");
   for (auto& p : reference_->parameters()) p.set_requires_grad(false);
   reference_->eval();
-  std::vector<WeightedReward> rewards = ctx_.rewards();
-  if (rewards.empty()) {
-    TORCH_CHECK(!o_.reward.empty(), "stage ", stage_, ": no rewards and no reward model");
-    auto rm = std::make_shared<RewardModel>(ctx_.load_model("reward"));
-    load_value_head(*rm, ctx_.model_dir("reward"));
-    for (auto& p : rm->parameters()) p.set_requires_grad(false);
-    rm->eval();
-    rewards.push_back(reward_model_reward(rm));
-  }
+  rewards_ = std::make_unique<RewardSum>(stage_rewards(ctx_, o_.reward.empty() ? "" : "reward"), tokenizer_);
 
   // Optimizer steps: rollouts (this rank's prompt batches) x micro-batches per rollout x ppo_epochs / accumulation.
   const int64_t rows = o_.prompts_per_rollout * o_.num_samples;
@@ -200,21 +188,14 @@ GroupTrainer::GroupTrainer(const GroupTrainerOptions& options, StageContext& con
   engine_ = ctx_.strategy().make_engine(actor_, actor_, opt);
   device_ = engine_->device();
   reference_->to(device_);
-  for (auto& r : rewards) r.function->prepare(ctx_, device_);
+  rewards_->prepare(ctx_, device_);
 
-  sampling_ = generator->defaults();
-  sampling_.eos_token_ids = {pad_id_};
-  if (eos) sampling_.eos_token_ids = {*eos};
-  sampling_.pad_token_id = pad_id_;
-  const bool exact = actor_->dtype() == at::kFloat;
+  sampling_ = rollout_sampling(*generator, *tokenizer_, pad_id_);
   RolloutOptions ro;
   ro.stage = stage_;
   ro.pad_id = pad_id_;
-  ro.consistency_threshold = o_.consistency_threshold.value_or(exact ? 1e-3 : 0.1);
-  ro.consistency_mean = o_.consistency_statistic.value_or(exact ? "max" : "mean") == "mean";
-  ro.consistency_sample_rows = o_.consistency_sample_rows;
+  apply_consistency_check(o_.consistency, actor_->dtype(), ro);
   collector_ = std::make_unique<RolloutCollector>(ro, *actor_, *engine_, *handle_.family, *generator, comm_);
-  rewards_ = std::make_unique<RewardSum>(std::move(rewards), tokenizer_);
   EvaluatorOptions eo;
   eo.stage = stage_;
   eo.prompts = o_.eval_prompts;

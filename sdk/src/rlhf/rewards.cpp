@@ -3,8 +3,11 @@
 #include <ATen/ops/zeros.h>
 #include <c10/core/GradMode.h>
 
+#include <stdexcept>
+
 #include <fmt/format.h>
 
+#include "dschat/sdk/algorithm.h"
 #include "dschat/sdk/reward_loss.h"
 #include "dschat/sdk/reward_model.h"
 #include "dschat/sdk/rlhf/rollout.h"
@@ -21,6 +24,7 @@ namespace {
 class RewardModelScore : public RewardFunction {
  public:
   explicit RewardModelScore(std::shared_ptr<RewardModel> model) : model_(std::move(model)) {}
+  void prepare(StageContext& /*context*/, at::Device device) override { model_->to(device); }
   at::Tensor score(const RewardBatch& batch) override {
     at::NoGradGuard no_grad;
     return reward_model_scores(*model_, batch.sequences, batch.pad_id, batch.prompt_length).to(at::kFloat);
@@ -34,6 +38,20 @@ class RewardModelScore : public RewardFunction {
 
 WeightedReward reward_model_reward(std::shared_ptr<RewardModel> model, double weight) {
   return {"reward-model", weight, std::make_shared<RewardModelScore>(std::move(model))};
+}
+
+std::vector<WeightedReward> stage_rewards(StageContext& context, const std::string& reward_role) {
+  std::vector<WeightedReward> rewards = context.rewards();
+  if (!rewards.empty()) return rewards;
+  if (reward_role.empty())
+    throw std::invalid_argument(fmt::format("stage {}: nothing scores the answers: list rewards = [...] or name a "
+                                            "reward model (reward = \"<model>\")",
+                                            context.stage_name()));
+  auto model = std::make_shared<RewardModel>(context.load_model(reward_role));
+  load_value_head(*model, context.model_dir(reward_role));
+  for (auto& p : model->parameters()) p.set_requires_grad(false);
+  model->eval();
+  return {reward_model_reward(std::move(model))};
 }
 
 std::vector<const TextExample*> rollout_examples(const std::vector<TextExample>& examples,
@@ -61,6 +79,10 @@ RewardSum::RewardSum(std::vector<WeightedReward> rewards, std::shared_ptr<const 
     if (!dynamic_cast<const RewardModelScore*>(r.function.get())) decode_ = true;
   }
   TORCH_CHECK(!decode_ || tokenizer_, "rule rewards read the answers' text: RewardSum needs a tokenizer");
+}
+
+void RewardSum::prepare(StageContext& context, at::Device device) {
+  for (auto& r : rewards_) r.function->prepare(context, device);
 }
 
 RewardScores RewardSum::score(const at::Tensor& sequences, const at::Tensor& answer_mask, int64_t prompt_length,

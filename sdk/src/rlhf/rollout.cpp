@@ -6,6 +6,7 @@
 #include <ATen/ops/zeros.h>
 
 #include <chrono>
+#include <stdexcept>
 
 #include <fmt/format.h>
 
@@ -17,8 +18,22 @@
 #include "dschat/sdk/ppo_math.h"
 #include "dschat/sdk/strategy.h"
 #include "dschat/sdk/tensor_parallel.h"
+#include "dschat/sdk/tokenizer.h"
 
 namespace dschat::rlhf {
+
+int64_t rollout_pad_id(const Tokenizer& tokenizer) {
+  auto pad = tokenizer.eos_id() ? tokenizer.eos_id() : tokenizer.pad_id();
+  if (!pad) throw std::invalid_argument("the actor's tokenizer has neither a pad nor an eos token");
+  return *pad;
+}
+
+SamplingOptions rollout_sampling(const Generator& generator, const Tokenizer& tokenizer, int64_t pad_id) {
+  SamplingOptions s = generator.defaults();
+  s.eos_token_ids = {tokenizer.eos_id().value_or(pad_id)};
+  s.pad_token_id = pad_id;
+  return s;
+}
 
 at::Tensor experience_mask(const at::Tensor& seq, int64_t pad_id) { return seq.ne(pad_id).to(at::kLong); }
 

@@ -14,13 +14,13 @@
 #include <cstdint>
 #include <functional>
 #include <map>
-#include <optional>
 #include <string>
 
 #include <ATen/core/Tensor.h>
 
 #include "dschat/sdk/export.h"
 #include "dschat/sdk/policy_gradient.h"
+#include "dschat/sdk/rlhf/consistency.h"
 #include "dschat/sdk/strategy.h"
 
 namespace dschat {
@@ -44,9 +44,7 @@ struct GroupTrainerOptions {
   bool trim_prompt_padding = true;
   int64_t checkpoint_interval = 0;        // rollouts between checkpoints; 0: none
   int64_t max_nonfinite_steps = 3;
-  std::optional<double> consistency_threshold;       // unset: 1e-3 fp32, 0.1 bf16 / fp16
-  std::optional<std::string> consistency_statistic;  // unset: "max" fp32, "mean" bf16 / fp16
-  int64_t consistency_sample_rows = 2;
+  ConsistencyCheckConfig consistency;
 };
 
 // What a plugin may set before the shared options are read: its defaults where the algorithms differ.

@@ -2,7 +2,8 @@
 // Scoring rollouts: the stage's rewards (reward plugins, reward.h) summed with their weights, and the reward
 // model as a RewardFunction for stages that name a reward role instead (PPO's `reward`, DeepSpeed-Chat's).
 //
-//   RewardSum rewards(context.rewards(), tokenizer);      // or {reward_model_reward(rm)}
+//   RewardSum rewards(stage_rewards(context, reward_role), tokenizer);   // the stage's list, or its reward model
+//   rewards.prepare(context, device);                                     // once the models' device is known
 //   auto scores = rewards.score(seq, answer_mask, P, pad_id, rollout_examples(data_rows, set, indices, copies, kept));
 //   scores.total;   // [B] fp32: sum of weight * score
 //   scores.parts;   // each reward's own [B] scores, for metrics (reward/<name>)
@@ -13,6 +14,7 @@
 #include <vector>
 
 #include <ATen/core/Tensor.h>
+#include <c10/core/Device.h>
 
 #include "dschat/sdk/data.h"
 #include "dschat/sdk/export.h"
@@ -22,6 +24,7 @@
 namespace dschat {
 
 class RewardModel;
+class StageContext;
 class Tokenizer;
 
 namespace rlhf {
@@ -30,8 +33,12 @@ namespace rlhf {
 // token before the first pad at or after the prompt, under seq != pad.
 DSCHAT_SDK_API at::Tensor reward_model_scores(RewardModel& reward, const at::Tensor& seq, int64_t pad_id,
                                               int64_t prompt_length);
-// A loaded (frozen) reward model as a reward named "reward-model".
+// A loaded (frozen) reward model as a reward named "reward-model"; prepare() moves it to the device.
 DSCHAT_SDK_API WeightedReward reward_model_reward(std::shared_ptr<RewardModel> model, double weight = 1.0);
+// The rewards a stage scores with: the ones it lists (StageContext::rewards()), else the model of role
+// `reward_role` loaded as a frozen reward model (value head included; on the host until prepare()). Throws
+// std::invalid_argument when the stage has neither.
+DSCHAT_SDK_API std::vector<WeightedReward> stage_rewards(StageContext& context, const std::string& reward_role);
 
 // The data rows behind rollout rows: `examples` are the phase's rows (DataSource::examples), `set` its tokenized
 // rows, `indices` the prompts of the rollout, each `copies` times in a row (rollout_prompts), then `kept` (rows of
@@ -50,6 +57,8 @@ class DSCHAT_SDK_API RewardSum {
  public:
   // `tokenizer` decodes the answers for rule rewards; it may be null when every reward is a reward model.
   RewardSum(std::vector<WeightedReward> rewards, std::shared_ptr<const Tokenizer> tokenizer);
+  // Each reward's prepare(), once, before the first score().
+  void prepare(StageContext& context, at::Device device);
   // Scores `sequences` [B, L] (columns < prompt_length the prompt, the rest the answers, pad after their end);
   // `examples` are the rows' data rows (rollout_examples), one per row or empty.
   // `answer_mask` [B, L - P] is GenerationResult's (generated tokens up to and including eos).

@@ -29,6 +29,7 @@ class Communicator;
 class Engine;
 class MetricsSink;
 class ModelFamily;
+class Tokenizer;
 struct Mesh;
 
 namespace rlhf {
@@ -65,6 +66,13 @@ struct RolloutOptions {
   int64_t consistency_sample_rows = 2;    // rows compared (0: every row)
   double debug_corrupt_generation_logprobs = 0.0;  // test hook: added before the check, to prove it trips
 };
+
+// The pad id an RL stage's rollouts use: eos, as DeepSpeed-Chat sets pad = eos (every family but LLaMA), else the
+// tokenizer's pad. Throws std::invalid_argument when it has neither.
+DSCHAT_SDK_API int64_t rollout_pad_id(const Tokenizer& tokenizer);
+// The generation plugin's defaults, stopping at the actor's eos (or `pad_id`) and padding with `pad_id`.
+DSCHAT_SDK_API SamplingOptions rollout_sampling(const Generator& generator, const Tokenizer& tokenizer,
+                                                int64_t pad_id);
 
 // One rollout as generated (GenerationResult) plus what the check measured.
 struct Rollout {
