@@ -174,14 +174,17 @@ GroupTrainer::GroupTrainer(const GroupTrainerOptions& options, StageContext& con
   reference_->eval();
   rewards_ = std::make_unique<RewardSum>(stage_rewards(ctx_, o_.reward.empty() ? "" : "reward"), tokenizer_);
 
-  // Optimizer steps: rollouts (this rank's prompt batches) x micro-batches per rollout x ppo_epochs / accumulation.
-  const int64_t rows = o_.prompts_per_rollout * o_.num_samples;
-  const int64_t global_batches = (static_cast<int64_t>(train_.size()) + o_.prompts_per_rollout - 1) /
-                                 o_.prompts_per_rollout;
-  const int64_t batches = (global_batches + comm_.size() - 1) / comm_.size();
-  const int64_t micro = (rows + o_.training_batch_size - 1) / o_.training_batch_size;
+  // Optimizer steps: this rank's micro-batches over an epoch's rollouts (the last prompt batch may be short)
+  // x epochs x ppo_epochs / accumulation. Every epoch cuts the prompts into batches of the same sizes.
+  int64_t micro_per_epoch = 0;
+  for (const auto& batch : rank_batches(epoch_batches(static_cast<int64_t>(train_.size()), o_.prompts_per_rollout,
+                                                      ctx_.seed(), 0),
+                                        comm_.rank(), comm_.size())) {
+    const int64_t rows = static_cast<int64_t>(batch.size()) * o_.num_samples;
+    micro_per_epoch += (rows + o_.training_batch_size - 1) / o_.training_batch_size;
+  }
   total_steps_ = std::max<int64_t>(
-      1, o_.epochs * batches * micro * o_.ppo_epochs / o_.optimizer.gradient_accumulation_steps);
+      1, o_.epochs * micro_per_epoch * o_.ppo_epochs / o_.optimizer.gradient_accumulation_steps);
   if (o_.max_steps > 0) total_steps_ = std::min(total_steps_, o_.max_steps);
   OptimizerOptions opt = o_.optimizer;
   opt.total_steps = total_steps_;
