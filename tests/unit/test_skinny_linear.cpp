@@ -9,6 +9,7 @@
 #include <gtest/gtest.h>
 
 #include "dschat/sdk/nn/linear.h"
+#include "dschat/sdk/nn/onednn_linear.h"
 #include "dschat/sdk/nn/skinny_linear.h"
 
 using namespace dschat;
@@ -213,4 +214,40 @@ TEST(SkinnyLinear, LoraLinearForward) {
   auto trained = layer->forward(x);  // grad mode: at::linear, differentiable
   ASSERT_TRUE(trained.requires_grad());
   EXPECT_TRUE(at::allclose(trained, expected, 1e-4, 1e-4));
+}
+
+// oneDNN's fp32 linear (what fast_linear runs on AMD CPUs with AVX-512) equals at::linear within fp32 summation
+// order, forward and every gradient, on 3-D, strided and bias-less inputs; fast_linear takes it exactly where
+// the backend says so.
+TEST(OnednnLinear, MatchesAtLinearForwardAndBackward) {
+  at::manual_seed(5);
+  for (const bool with_bias : {true, false}) {
+    auto x0 = at::randn({3, 40, 96});
+    auto w0 = at::randn({72, 96}) * 0.1;
+    auto b0 = with_bias ? at::randn({72}) : at::Tensor();
+    auto x1 = x0.clone().requires_grad_(), w1 = w0.clone().requires_grad_();
+    auto x2 = x0.clone().requires_grad_(), w2 = w0.clone().requires_grad_();
+    auto b1 = with_bias ? b0.clone().requires_grad_() : at::Tensor();
+    auto b2 = with_bias ? b0.clone().requires_grad_() : at::Tensor();
+    auto grad = at::randn({3, 40, 72});
+    auto y1 = dschat::onednn_linear(x1, w1, b1);
+    auto y2 = at::linear(x2, w2, b2);
+    ASSERT_EQ(y1.sizes(), y2.sizes());
+    EXPECT_TRUE(at::allclose(y1, y2, 1e-5, 1e-5)) << (y1 - y2).abs().max().item<float>();
+    y1.backward(grad);
+    y2.backward(grad);
+    EXPECT_TRUE(at::allclose(x1.grad(), x2.grad(), 1e-5, 1e-5));
+    EXPECT_TRUE(at::allclose(w1.grad(), w2.grad(), 1e-4, 1e-5)) << (w1.grad() - w2.grad()).abs().max().item<float>();
+    if (with_bias) EXPECT_TRUE(at::allclose(b1.grad(), b2.grad(), 1e-4, 1e-5));
+  }
+  // A strided input (a column slice) without grad.
+  auto wide = at::randn({50, 200});
+  auto w = at::randn({30, 96});
+  auto x = wide.slice(1, 10, 106);
+  EXPECT_TRUE(at::allclose(dschat::onednn_linear(x, w), at::linear(x, w), 1e-5, 1e-5));
+
+  const std::string backend = dschat::cpu_gemm_backend();
+  EXPECT_TRUE(backend == "onednn" || backend == "mkl") << backend;
+  EXPECT_EQ(dschat::use_onednn_linear(at::randn({64, 96}), w), backend == "onednn");
+  EXPECT_FALSE(dschat::use_onednn_linear(at::randn({64, 96}).to(at::kBFloat16), w.to(at::kBFloat16)));
 }

@@ -8,6 +8,7 @@
 // __attribute__((target)), chosen at run time; other CPUs get a portable scalar loop (and fast_linear then keeps
 // at::linear, which is faster than that loop).
 #include "dschat/sdk/nn/skinny_linear.h"
+#include "dschat/sdk/nn/onednn_linear.h"
 
 #include <ATen/Functions.h>
 #include <ATen/Parallel.h>
@@ -540,6 +541,7 @@ at::Tensor fast_linear(const at::Tensor& x, const at::Tensor& weight, const at::
     const at::Tensor b = bias.defined() ? bias : at::zeros({weight.size(0)}, weight.options());
     return UpcastLinearFunction::apply(x, weight, b);
   }
+  if (use_onednn_linear(x, weight, bias)) return onednn_linear(x, weight, bias);
   return at::linear(x, weight, bias);
 }
 

@@ -42,7 +42,8 @@ DSCHAT_SDK_API bool use_upcast_linear(const at::Tensor& x, const at::Tensor& wei
                                       const at::Tensor& bias = at::Tensor());
 
 // skinny_linear where use_skinny_linear says so, else the upcast GEMM where use_upcast_linear says so, else
-// at::linear. Layers call this instead of at::linear.
+// oneDNN's fp32 GEMM where use_onednn_linear says so (onednn_linear.h), else at::linear. Layers call this
+// instead of at::linear.
 DSCHAT_SDK_API at::Tensor fast_linear(const at::Tensor& x, const at::Tensor& weight,
                                       const at::Tensor& bias = at::Tensor());
 
