@@ -240,7 +240,7 @@ struct Experience {
   // experience forwards and the step only runs their backward. Undefined when not applicable or already used.
   at::Tensor first_micro_logprobs, first_micro_values;
   int64_t prompts = 0;              // rows generated (before dropping short answers)
-  double generation_seconds = 0.0, experience_seconds = 0.0;
+  double generation_seconds = 0.0, consistency_seconds = 0.0, experience_seconds = 0.0;
 };
 
 struct TrainStats {
@@ -447,6 +447,7 @@ std::optional<Experience> PpoTrainer::generate_experience(const std::vector<int6
   e.prompt_length = P;
   e.prompts = out.sequences.size(0);
   e.generation_seconds = r.generation_seconds;
+  e.consistency_seconds = r.consistency_seconds;
   e.seq = out.sequences.index_select(0, keep);
   e.attention_mask = rlhf::experience_mask(e.seq, pad_id_);
   // DeepSpeed-Chat computes the old log-probs and values in train mode (its scripts set dropout 0), as training
@@ -590,7 +591,7 @@ std::optional<std::pair<int64_t, int64_t>> PpoTrainer::restore() {
 // Trains on the buffered rollouts and logs the means over every rank's rollouts.
 void PpoTrainer::flush(std::vector<Experience>& buffer) {
   if (buffer.empty()) return;
-  double gen_s = 0, exp_s = 0, gen_flops = 0, rollout_rows = 0, reward_sum = 0, kl_sum = 0;
+  double gen_s = 0, check_s = 0, exp_s = 0, gen_flops = 0, rollout_rows = 0, reward_sum = 0, kl_sum = 0;
   const auto& dims = actor_->dims();
   const auto& cdims = critic_->base->dims();
   for (const auto& e : buffer) {
@@ -600,6 +601,7 @@ void PpoTrainer::flush(std::vector<Experience>& buffer) {
     kl_sum += ((e.old_logprobs.slice(1, P - 1) - e.ref_logprobs.slice(1, P - 1)) * action).sum().item<double>();
     reward_sum += e.score.sum().item<double>();
     gen_s += e.generation_seconds;
+    check_s += e.consistency_seconds;
     exp_s += e.experience_seconds;
     rollout_rows += static_cast<double>(e.seq.size(0));
     // Generation as DeepSpeed-Chat counts it: forward-only (k = 1) over the whole sequence.
@@ -630,7 +632,7 @@ void PpoTrainer::flush(std::vector<Experience>& buffer) {
   metrics_.scalar("time/generation_s", gen_s, step);
   metrics_.scalar("time/experience_s", exp_s, step);
   metrics_.scalar("time/training_s", train_s, step);
-  metrics_.scalar("samples_per_s", rollout_rows / (gen_s + exp_s + train_s), step);
+  metrics_.scalar("samples_per_s", rollout_rows / (gen_s + check_s + exp_s + train_s), step);
   metrics_.scalar("tflops_generation", gen_flops / gen_s / 1e12, step);
   metrics_.scalar("tflops_training", train_flops / train_s / 1e12, step);
   if (device_.is_cuda()) metrics_.scalar("memory/peak_gpu_bytes", static_cast<double>(peak_device_memory(device_)), step);

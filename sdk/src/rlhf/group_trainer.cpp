@@ -107,7 +107,7 @@ struct GroupExperience {
   at::Tensor old_logprobs, ref_logprobs;  // [B, T] over the answer tokens (undefined: not needed)
   at::Tensor advantages, rewards;         // [B]
   std::vector<std::pair<std::string, double>> reward_parts;  // each reward's mean
-  double generation_seconds = 0.0, experience_seconds = 0.0, zero_signal_groups = 0.0;
+  double generation_seconds = 0.0, consistency_seconds = 0.0, experience_seconds = 0.0, zero_signal_groups = 0.0;
 };
 
 struct StepStats {
@@ -239,6 +239,7 @@ GroupExperience GroupTrainer::generate_experience(const std::vector<int64_t>& in
   GroupExperience e;
   e.generated = std::move(r.generated);
   e.generation_seconds = r.generation_seconds;
+  e.consistency_seconds = r.consistency_seconds;
   const auto& g = e.generated;
   at::NoGradGuard no_grad;
   auto scores = rewards_->score(g.sequences, g.answer_mask, g.prompt_length, pad_id_,
@@ -323,7 +324,8 @@ void GroupTrainer::log(const GroupExperience& e, const StepStats& s, double trai
   metrics_.scalar("time/generation_s", e.generation_seconds, step);
   metrics_.scalar("time/experience_s", e.experience_seconds, step);
   metrics_.scalar("time/training_s", train_s, step);
-  metrics_.scalar("samples_per_s", rows / (e.generation_seconds + e.experience_seconds + train_s), step);
+  const double iteration_s = e.generation_seconds + e.consistency_seconds + e.experience_seconds + train_s;
+  metrics_.scalar("samples_per_s", rows / iteration_s, step);
   if (device_.is_cuda()) metrics_.scalar("memory/peak_gpu_bytes", static_cast<double>(peak_device_memory(device_)), step);
   ctx_.progress().update(step, {{"reward", reward}, {"loss", s.loss / n}, {"kl", s.kl / n}, {"answer_len", len}},
                          static_cast<int64_t>(rows));

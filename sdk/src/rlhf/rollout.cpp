@@ -145,16 +145,20 @@ Rollout RolloutCollector::collect(const PromptBatch& prompts, const SamplingOpti
   synchronize(device);  // on a GPU the host runs ahead of the kernels it launched
   r.generation_seconds = std::chrono::duration<double>(Clock::now() - t0).count();
   const GenerationResult& out = r.generated;
+  const auto t1 = Clock::now();
   auto gen_logprobs = out.logprobs;
   if (o_.debug_corrupt_generation_logprobs != 0.0)
     gen_logprobs = (gen_logprobs + o_.debug_corrupt_generation_logprobs) * out.answer_mask.to(at::kFloat);
   const auto agreement = logprob_agreement(actor_, out.sequences, out.attention_mask, out.prompt_length,
                                            gen_logprobs, o_.consistency_sample_rows);
   whole.reset();
+  synchronize(device);
+  r.consistency_seconds = std::chrono::duration<double>(Clock::now() - t1).count();
   r.max_abs_diff = agreement.max_abs_diff;
   r.mean_abs_diff = agreement.mean_abs_diff;
   metrics.scalar("consistency/max_abs_diff", agreement.max_abs_diff, step);
   metrics.scalar("consistency/mean_abs_diff", agreement.mean_abs_diff, step);
+  metrics.scalar("time/consistency_s", r.consistency_seconds, step);
   const double diff = o_.consistency_mean ? agreement.mean_abs_diff : agreement.max_abs_diff;
   if (!(diff <= o_.consistency_threshold))
     throw ConsistencyError(fmt::format(

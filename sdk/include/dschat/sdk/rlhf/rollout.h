@@ -77,7 +77,8 @@ DSCHAT_SDK_API SamplingOptions rollout_sampling(const Generator& generator, cons
 // One rollout as generated (GenerationResult) plus what the check measured.
 struct Rollout {
   GenerationResult generated;  // sequences [B, P + T], attention_mask, answer_mask [B, T], logprobs [B, T]
-  double generation_seconds = 0.0;  // after the device's queued work
+  double generation_seconds = 0.0;   // after the device's queued work
+  double consistency_seconds = 0.0;  // the check's training-path forward (logged as time/consistency_s)
   double max_abs_diff = 0.0, mean_abs_diff = 0.0;  // generation vs training log-probs
 };
 
