@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
-"""One PPO iteration (DeepSpeed-Chat step 3) of `dschat run` vs a plain PyTorch + transformers PPO, in the same run.
+"""One PPO iteration (DeepSpeed-Chat step 3) of `dschat run` vs a plain PyTorch + transformers PPO and vs TRL 1.12's
+PPOTrainer, in the same run.
 
-TRL is not in the pinned .venv (and is not installed for this), so the baseline is DeepSpeed-Chat's
-ppo_trainer.py written out as plain PyTorch on transformers models, one process, no DeepSpeed:
+The "python" baseline is DeepSpeed-Chat's ppo_trainer.py written out as plain PyTorch on transformers models, one
+process, no DeepSpeed:
 
   generation  actor.generate(do_sample=True, top_k=50, use_cache=True, min_new_tokens = max_new_tokens = --new)
               in eval mode, then DeepSpeed-Chat's drop of rows whose answer has <= 1 token
@@ -28,19 +29,39 @@ to them), per_device_generation_batch_size = per_device_training_batch_size = --
 generation_batches 1, max_steps = --iterations (one rollout and one actor + critic step per iteration),
 generation = kv-cache with the same sampling (top_k 50, min_new_tokens = max_new_tokens = --new), no held-out
 prompts (no eval), no EMA hook, save_critic false. Its per-iteration phase times are the stage's metrics
-time/generation_s, time/experience_s, time/training_s (stage_dir/metrics.jsonl). dschat's experience phase also
-includes its generation-vs-training log-probs consistency check (a training-path forward of
-consistency_sample_rows = 2 rows), which DeepSpeed-Chat does not have; it is left on, as dschat runs by default.
+time/generation_s, time/experience_s, time/training_s (stage_dir/metrics.jsonl), and "other": the rest of the
+whole iteration (the wall time between two iterations' metrics records less the phases). That is mostly its
+generation-vs-training log-probs consistency check (a training-path forward of consistency_sample_rows = 2 rows),
+which DeepSpeed-Chat does not have and which RolloutCollector::collect runs after time/generation_s stops and
+before time/experience_s starts, so neither phase counts it; it is left on, as dschat runs by default.
 
 dschat rows (--rows; all by default), so that each gain is attributed:
   dschat            as `dschat run` runs by default: caching CPU allocator, reuse_experience_forwards = true (the
                     first training micro-batch trains through its experience forwards)
   dschat-system     DSCHAT_CPU_ALLOCATOR=system: LibTorch's own CPU allocator (what the cache gains)
+  dschat-mkl        DSCHAT_CPU_GEMM=mkl: fp32 linears on MKL's sgemm, as PyTorch runs them (on AMD CPUs with
+                    AVX-512 dschat's default is oneDNN's GEMM, see onednn_linear.h: what that gains)
   dschat-noreuse    the stage key reuse_experience_forwards = false: the actor and critic forwards run again in
                     training, as DeepSpeed-Chat does (what the reuse gains)
   python            the plain PyTorch PPO, glibc malloc
   python-jemalloc   the same with LD_PRELOAD=libjemalloc.so.2 (not in the default rows)
+  trl               TRL 1.12.0's trl.experimental.ppo.PPOTrainer (the last TRL with PPO), run by
+                    .venv-trl112/bin/python (tools/bench/setup_trl.sh makes it; in the default rows when it exists)
 Every row runs as its own child process; os.wait4 on it gives that child's own peak RSS (ru_maxrss).
+
+The trl row: PPOTrainer over the same folders: model = ref_model = the sft folder (AutoModelForCausalLM),
+value_model = reward_model = the rm folder as OPTForSequenceClassification(num_labels=1) whose score.weight is
+v_head.weight (written as rm-cls/), the same prompts (a Dataset of input_ids), per_device_train_batch_size =
+--batch, gradient_accumulation_steps 1, num_mini_batches 1, num_ppo_epochs 1, total_episodes = iterations x
+batch, response_length = --new, stop_token None (no eos: every answer is --new tokens), temperature 1, the actor's
+lr / cosine schedule / 100 warm-up steps / betas 0.9, 0.95, kl_coef 0.1 (k1), cliprange 0.2, cliprange_value 0.2,
+vf_coef 0.1 (TRL's default; one optimizer for policy + value), gamma 1, lam 0.95, whiten_rewards off,
+missing_eos_penalty None, gradient_checkpointing off (TRL's default is on), bf16 = (--dtype bf16, autocast),
+num_sample_generations 0, no eval / saving / logging, torch threads = --threads. TRL's pad id: a token id no prompt
+uses (the tokenizer's pad is its BOS, which TRL's `ids != pad` masks would drop). Its phases are measured around
+TRL's own code (trl_child); TRL_PPO_DIFFERENCES, printed with the table, lists the work TRL does differently.
+TRL samples from the whole vocabulary (top_k 0 is hard-coded in its train()); --top-k 0 gives the other rows the
+same sampling (default 50, DeepSpeed-Chat's).
 
 Both sides load the same weights: two random OPT models (--shape; actor/reference = "sft", critic/reward = "rm")
 written once with save_pretrained (fp32), the rm folder in dschat's reward-model layout (value_head.safetensors
@@ -55,7 +76,7 @@ the same work. Dropout is 0 (DeepSpeed-Chat's scripts disable it). Both sides ru
 Each row runs --iterations iterations; the first is warm-up (allocator, Adam state creation) and is printed
 separately. The table keeps, per phase, the fastest of the other iterations (over --rounds rounds, in which the
 rows alternate: a busy machine slows all alike), and for "iteration" the fastest whole iteration; every
-iteration's total is printed too. Ratios are python / dschat (> 1: dschat is faster) and, for the attribution,
+iteration's total is printed too. Ratios are python / dschat and trl / dschat (> 1: dschat is faster) and, for the attribution,
 the variant without the feature / dschat (> 1: the feature helps).
 
 --scaling: the iteration time of dschat (default row) and the Python baseline across batch 1/8/32 x prompt
@@ -71,10 +92,10 @@ Shapes (--shape): 125m = OPT-125m (hidden 768, 12 layers, 12 heads, ffn 3072, vo
 6 layers, 8 heads, ffn 2048, vocab 50272; tiny = the quickstart model (hidden 128, 2 layers, 4 heads, ffn 512,
 vocab 640).
 
-Usage (from the repository root, after tools/build.sh):
+Usage (from the repository root, after tools/build.sh, and tools/bench/setup_trl.sh for the trl row):
   .venv/bin/python tools/bench/bench_ppo.py [--build build] [--shape 125m|small|tiny] [--batch 4] [--prompt 32]
-      [--new 32] [--iterations 3] [--rounds 1] [--threads N] [--dtype fp32|bf16] [--python-fused]
-      [--rows dschat,dschat-system,dschat-noreuse,python] [--keep DIR]
+      [--new 32] [--iterations 3] [--rounds 1] [--threads N] [--dtype fp32|bf16] [--python-fused] [--top-k 50]
+      [--rows dschat,dschat-system,dschat-noreuse,python,trl] [--keep DIR]
   .venv/bin/python tools/bench/bench_ppo.py --scaling [--shape small] [--new 32] [--scaling-iterations 2]
       [--scaling-batches 1,8,32] [--scaling-prompts 64,256,1024] [--max-cell-s 900] [--dtype fp32|bf16]
       [--estimate-only]
@@ -109,15 +130,19 @@ SHAPES = {
 PHASES = ("generation", "experience", "training")
 PAD = 0  # the quickstart tokenizer's <|endoftext|>: bos = eos = pad, as DeepSpeed-Chat sets pad = eos
 NO_DECAY = ["bias", "layer_norm.weight", "layernorm.weight", "norm.weight", "ln_f.weight"]
-ROWS = ("dschat", "dschat-system", "dschat-noreuse", "python", "python-jemalloc")
-DEFAULT_ROWS = "dschat,dschat-system,dschat-noreuse,python"
-LABELS = {"dschat": "dschat", "dschat-system": "system-alloc", "dschat-noreuse": "no-reuse", "python": "python",
-          "python-jemalloc": "py-jemalloc"}
+ROOT = os.path.dirname(os.path.dirname(HERE))
+TRL_PPO_PYTHON = os.path.join(ROOT, ".venv-trl112", "bin", "python")  # tools/bench/setup_trl.sh makes it
+ROWS = ("dschat", "dschat-system", "dschat-noreuse", "dschat-mkl", "python", "python-jemalloc", "trl")
+DEFAULT_ROWS = "dschat,dschat-system,dschat-noreuse,dschat-mkl,python" + (",trl" if os.path.exists(TRL_PPO_PYTHON) else "")
+LABELS = {"dschat": "dschat", "dschat-system": "system-alloc", "dschat-noreuse": "no-reuse", "dschat-mkl": "mkl-gemm",
+          "python": "python",
+          "python-jemalloc": "py-jemalloc", "trl": "trl-1.12"}
 
 # DeepSpeed-Chat's PPO constants (dschat's defaults too).
 KL_CTL, CLIP_REWARD, CLIPRANGE, CLIPRANGE_VALUE, GAMMA, LAM = 0.1, 5.0, 0.2, 0.2, 1.0, 0.95
 ACTOR_LR, CRITIC_LR, WARMUP, MAX_GRAD_NORM = 9.65e-6, 5e-6, 100, 1.0
 TOP_K = 50  # transformers' generate default, which DeepSpeed-Chat's sampling gets
+TRL_VF_COEF = 0.1  # TRL's default: its one optimizer steps policy + value on pg_loss + vf_coef * vf_loss
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -209,7 +234,7 @@ generation_batches = 1
 ppo_epochs = 1
 save_critic = false
 reuse_experience_forwards = {"true" if reuse else "false"}
-generation = {{ plugin = "kv-cache", max_new_tokens = {args.new}, min_new_tokens = {args.new}, do_sample = true, top_k = {TOP_K} }}
+generation = {{ plugin = "kv-cache", max_new_tokens = {args.new}, min_new_tokens = {args.new}, do_sample = true, top_k = {args.top_k} }}
 """
     path = os.path.join(root, name)
     with open(path, "w") as out:
@@ -225,32 +250,56 @@ def run_child(cmd, env, cwd=None):
     return machine.run_child(cmd, env, cwd)
 
 
-def child_env(threads, allocator=None, preload=None):
+def child_env(threads, allocator=None, preload=None, gemm=None):
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     env.pop("DSCHAT_CPU_ALLOCATOR", None)
+    env.pop("DSCHAT_CPU_GEMM", None)
     env.pop("LD_PRELOAD", None)
     if allocator:
         env["DSCHAT_CPU_ALLOCATOR"] = allocator
+    if gemm:
+        env["DSCHAT_CPU_GEMM"] = gemm
     if preload:
         env["LD_PRELOAD"] = preload
     return env
 
 
-def dschat_run(dschat, toml, root, threads, allocator=None):
-    """(per-iteration phase seconds, wall seconds, peak RSS MB) of one `dschat run`, or exits with its output."""
+def dschat_run(dschat, toml, root, threads, allocator=None, stage="ppo", gemm=None):
+    """(per-iteration phase seconds, wall seconds, peak RSS MB) of one `dschat run`, or exits with its output.
+
+    The phases are the stage's time/generation_s, time/experience_s, time/training_s. "other" is what they leave
+    out of the whole iteration: the wall time between two consecutive iterations' log records (metrics.jsonl's
+    "time") less the three phases, i.e. the rollout's log-probs consistency check (RolloutCollector::collect runs it
+    after generation_s stops and before experience_s starts), the reward scoring where a trainer times it outside
+    its phases, and the logging itself. The first iteration has no previous record: its "other" is 0."""
     run_dir = os.path.join(root, "run")
     shutil.rmtree(run_dir, ignore_errors=True)
-    rc, out, err, wall, rss = run_child([dschat, "run", toml], child_env(threads, allocator), cwd=root)
+    transient = ("error while loading shared libraries", "build fingerprint differs")
+    for attempt in range(10):  # a concurrent build may be relinking the binary or its plugins: wait and retry
+        rc, out, err, wall, rss = run_child([dschat, "run", toml], child_env(threads, allocator, gemm=gemm), cwd=root)
+        if rc == 0 or not any(t in out + err for t in transient) or attempt == 9:
+            break
+        print(f"dschat run: the build looks mid-relink ({rc}); retrying in 30 s", file=sys.stderr, flush=True)
+        time.sleep(30)
     if rc != 0:
         sys.exit(f"dschat run {os.path.basename(toml)} failed ({rc}):\n{out[-4000:]}\n{err[-4000:]}")
-    per_step = {}
-    with open(os.path.join(run_dir, "ppo", "metrics.jsonl")) as f:
+    per_step, stamp = {}, {}
+    with open(os.path.join(run_dir, stage, "metrics.jsonl")) as f:
         for line in f:
             row = json.loads(line)
             tag = row["tag"]
-            if tag.startswith("time/") and tag.endswith("_s"):
-                per_step.setdefault(row["step"], {})[tag[len("time/"):-len("_s")]] = float(row["value"])
-    return [per_step[s] for s in sorted(per_step)], wall, rss
+            phase = tag[len("time/"):-len("_s")] if tag.startswith("time/") and tag.endswith("_s") else None
+            if phase in PHASES:  # time/consistency_s (the check) stays in "other"
+                per_step.setdefault(row["step"], {})[phase] = float(row["value"])
+            if tag == "time/training_s":
+                stamp[row["step"]] = float(row["time"])
+    steps = sorted(per_step)
+    times = []
+    for i, s in enumerate(steps):
+        t = dict(per_step[s])
+        t["other"] = max(0.0, stamp[s] - stamp[steps[i - 1]] - sum(t[p] for p in PHASES)) if i > 0 else 0.0
+        times.append(t)
+    return times, wall, rss
 
 
 def python_side(root, dirs, prompt_ids, args, preload=None):
@@ -259,7 +308,7 @@ def python_side(root, dirs, prompt_ids, args, preload=None):
     with open(spec, "w") as out:
         json.dump({"dirs": dirs, "prompt_ids": prompt_ids.tolist(), "batch": args.batch, "prompt": args.prompt,
                    "new": args.new, "iterations": args.iterations, "fused": args.python_fused,
-                   "dtype": args.dtype, "threads": args.threads}, out)
+                   "dtype": args.dtype, "threads": args.threads, "top_k": args.top_k}, out)
     rc, out, err, wall, rss = run_child([sys.executable, os.path.abspath(__file__), "--child-python", spec],
                                         child_env(args.threads, preload=preload))
     if rc != 0:
@@ -355,11 +404,11 @@ class PlainPPO:
         self.critic_opt = MasterAdamW(self.critic, CRITIC_LR, fused)
 
     # ---- generate_experience ----
-    def generate(self, prompts, mask, new, seed):
+    def generate(self, prompts, mask, new, seed, top_k=TOP_K):
         self.actor.eval()
         torch.manual_seed(seed)
         with torch.no_grad():
-            seq = self.actor.generate(input_ids=prompts, attention_mask=mask, do_sample=True, top_k=TOP_K, top_p=1.0,
+            seq = self.actor.generate(input_ids=prompts, attention_mask=mask, do_sample=True, top_k=top_k, top_p=1.0,
                                       temperature=1.0, max_new_tokens=new, min_new_tokens=new, pad_token_id=PAD,
                                       eos_token_id=PAD, use_cache=True)
         # DeepSpeed-Chat: keep rows whose answer has more than one non-pad token
@@ -464,7 +513,7 @@ def python_child(spec_path):
         prompts = prompt_ids[it * batch:(it + 1) * batch]
         mask = torch.ones_like(prompts)
         t0 = time.perf_counter()
-        seq = ppo.generate(prompts, mask, new, seed=1234 + it)
+        seq = ppo.generate(prompts, mask, new, seed=1234 + it, top_k=spec.get("top_k", TOP_K))
         t1 = time.perf_counter()
         if seq.shape != (batch, prompt + new):
             sys.exit(f"python side generated {tuple(seq.shape)}, expected ({batch}, {prompt + new})")
@@ -472,26 +521,210 @@ def python_child(spec_path):
         t2 = time.perf_counter()
         ppo.train(exp)
         t3 = time.perf_counter()
-        times.append({"generation": t1 - t0, "experience": t2 - t1, "training": t3 - t2})
+        times.append({"generation": t1 - t0, "experience": t2 - t1, "training": t3 - t2, "other": 0.0})
     print(json.dumps(times), flush=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# TRL 1.12's PPOTrainer (trl.experimental.ppo), in .venv-trl112, over the same weights and prompts.
+
+TRL_PPO_DIFFERENCES = """Work differences, TRL 1.12 PPOTrainer vs dschat's ppo stage (from trl/experimental/ppo/ppo_trainer.py):
+  - one model, one optimizer: PolicyAndValueWrapper runs the value backbone and the policy in one forward, one loss
+    pg_loss + vf_coef (0.1) * vf_loss, one backward and one AdamW step over both (the actor's lr for both);
+    dschat/DeepSpeed-Chat: two engines, two optimizers (critic lr 5e-6), two steps
+  - no gradient clipping in TRL's PPO loop (optimizer.step() right after backward; max_grad_norm unused);
+    dschat clips each model's gradients to norm 1.0
+  - old log-probs from generate(output_scores=True): TRL keeps the [B, new, vocab] sampling logits and takes
+    log_softmax of them, so its experience has no actor forward; dschat runs a training-path actor forward
+    (reused as the first micro-batch's with reuse_experience_forwards) and a 2-row consistency check
+  - experience: reference forward with the LM head over all B x L positions (then sliced to the answer and divided
+    by temperature), value and reward forwards with output_hidden_states=True, in chunks of
+    local_rollout_forward_batch_size (= --batch here); dschat's LM heads run on answer positions only
+  - rewards: k1 KL per token (-kl_coef * (logp - ref_logp)) plus the score at the last token, no reward clipping
+    (DeepSpeed-Chat/dschat clip to +-5); advantages always whitened (masked mean / var); whiten_rewards off
+  - training forward: LM head over all B x L positions again, plus per micro-batch no-grad statistics: entropy of
+    the [B, new, vocab] logits (softmax + logsumexp), approx KL, clip fractions
+  - sampling: top_k 0 (the whole vocabulary) and temperature 1 + 1e-7 are hard-coded in train(); with
+    stop_token None there is no eos, so every answer is exactly response_length tokens; dschat samples with
+    --top-k and min_new_tokens = max_new_tokens (eos suppressed until then)
+  - missing_eos_penalty None (off), truncate_response off (no stop token); TRL still checks each row for eos
+  - per update: gc.collect() twice, empty_cache, metric gathers with .item() (the "other" and "training" rows)
+  - --dtype bf16 is TRL's bf16=True: autocast over fp32 weights; dschat: bf16 weights with fp32 master copies"""
+
+CHILD_NOTES = {}  # row -> lines a child reported about its own configuration
+
+
+def write_value_model(root, dirs):
+    """The rm folder as TRL's value / reward model: OPTForSequenceClassification(num_labels=1), whose bias-free
+    `score` Linear(hidden, 1) gets dschat's v_head.weight; the same OPT base weights."""
+    from transformers import OPTForSequenceClassification
+    path = os.path.join(root, "rm-cls")
+    model = OPTForSequenceClassification.from_pretrained(dirs["rm"], num_labels=1)
+    head = load_file(os.path.join(dirs["rm"], "value_head.safetensors"))["v_head.weight"]
+    with torch.no_grad():
+        model.score.weight.copy_(head.to(model.score.weight.dtype))
+    model.config.pad_token_id = PAD
+    model.save_pretrained(path)
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(os.path.join(dirs["rm"], f), path)
+    return path
+
+
+def trl_side(root, dirs, prompt_ids, args):
+    """(per-iteration phase seconds, wall seconds, peak RSS MB) of TRL's PPOTrainer in a child process."""
+    if not os.path.exists(args.trl_python):
+        sys.exit(f"the trl row needs {args.trl_python}: run tools/bench/setup_trl.sh")
+    spec = os.path.join(root, "trl_spec.json")
+    with open(spec, "w") as out:
+        json.dump({"dirs": dict(dirs, value=write_value_model(root, dirs)), "prompt_ids": prompt_ids.tolist(),
+                   "batch": args.batch, "prompt": args.prompt, "new": args.new, "iterations": args.iterations,
+                   "dtype": args.dtype, "threads": args.threads, "out": os.path.join(root, "trl_out")}, out)
+    rc, out, err, wall, rss = run_child([args.trl_python, os.path.abspath(__file__), "--child-trl", spec],
+                                        child_env(args.threads))
+    if rc != 0:
+        sys.exit(f"the TRL PPO failed ({rc}):\n{out[-4000:]}\n{err[-4000:]}")
+    result = json.loads(out.strip().splitlines()[-1])
+    CHILD_NOTES["trl"] = result["notes"]
+    return result["times"], wall, rss
+
+
+def trl_child(spec_path):
+    """Runs trl.experimental.ppo.PPOTrainer.train() for `iterations` updates and prints each update's phases.
+
+    Phases, measured around TRL's own code without changing it: generation = its batch_generation() call;
+    experience = from there to the first training forward (ref / value / reward forwards, rewards, GAE,
+    whitening); training = from there to on_step_end (the combined policy + value forward, backward, AdamW,
+    the no-grad statistics and self.log); other = the rest of the update (gc.collect, empty_cache, dels and
+    the dataloader's next batch at the top of the loop)."""
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    import warnings
+    warnings.filterwarnings("ignore")
+    with open(spec_path) as f:
+        spec = json.load(f)
+    torch.set_num_threads(spec["threads"])
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    from datasets import Dataset
+    from datasets.utils.logging import disable_progress_bar
+    from transformers import AutoModelForCausalLM, AutoTokenizer, OPTForSequenceClassification, TrainerCallback
+    import trl
+    from trl.experimental.ppo import PPOConfig, PPOTrainer
+    from trl.experimental.ppo import ppo_trainer as ppo_mod
+    disable_progress_bar()
+
+    dirs, batch, new, prompt, iters = spec["dirs"], spec["batch"], spec["new"], spec["prompt"], spec["iterations"]
+    prompt_ids = spec["prompt_ids"]
+    tokenizer = AutoTokenizer.from_pretrained(dirs["sft"])
+    # TRL derives every mask from `ids != pad_token_id`; the quickstart tokenizer's pad is its BOS (id 0), which
+    # every prompt starts with. A pad id no prompt uses keeps the prompts whole (a sampled answer token equal to
+    # it is read as padding by TRL: same shapes, only masks differ).
+    used = {t for row in prompt_ids for t in row}
+    pad = max(i for i in range(len(tokenizer)) if i not in used)
+    tokenizer.pad_token = tokenizer.convert_ids_to_tokens(pad)
+    assert tokenizer.pad_token_id == pad, (tokenizer.pad_token_id, pad)
+
+    policy = AutoModelForCausalLM.from_pretrained(dirs["sft"], dtype=torch.float32)
+    ref = AutoModelForCausalLM.from_pretrained(dirs["sft"], dtype=torch.float32)
+    value = OPTForSequenceClassification.from_pretrained(dirs["value"], dtype=torch.float32)
+    reward = OPTForSequenceClassification.from_pretrained(dirs["value"], dtype=torch.float32)
+    dataset = Dataset.from_dict({"input_ids": prompt_ids})
+    config = PPOConfig(
+        output_dir=spec["out"], report_to="none", logging_strategy="no", save_strategy="no", eval_strategy="no",
+        disable_tqdm=True, seed=1234, use_cpu=True, dataloader_num_workers=0,
+        bf16=spec["dtype"] == "bf16", fp16=False, gradient_checkpointing=False,
+        per_device_train_batch_size=batch, gradient_accumulation_steps=1, num_mini_batches=1, num_ppo_epochs=1,
+        total_episodes=iters * batch, local_rollout_forward_batch_size=batch, num_sample_generations=0,
+        response_length=new, stop_token=None, stop_token_id=None, temperature=1.0, missing_eos_penalty=None,
+        learning_rate=ACTOR_LR, lr_scheduler_type="cosine", warmup_steps=WARMUP, weight_decay=0.0,
+        adam_beta1=0.9, adam_beta2=0.95, adam_epsilon=1e-8, max_grad_norm=MAX_GRAD_NORM,
+        kl_coef=KL_CTL, kl_estimator="k1", cliprange=CLIPRANGE, cliprange_value=CLIPRANGE_VALUE,
+        vf_coef=TRL_VF_COEF, gamma=GAMMA, lam=LAM, whiten_rewards=False)
+
+    class PhaseTimer(TrainerCallback):
+        def __init__(self):
+            self.times, self.mark, self.last = [], {}, None
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.last = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            now, m = time.perf_counter(), self.mark
+            t = {"generation": m["gen_end"] - m["gen_start"], "experience": m["train_start"] - m["gen_end"],
+                 "training": now - m["train_start"]}
+            t["other"] = max(0.0, now - self.last - sum(t.values()))
+            self.times.append(t)
+            self.last, self.mark = now, {}
+
+    timer = PhaseTimer()
+    generated = []
+    original_generation, original_forward = ppo_mod.batch_generation, ppo_mod.forward
+
+    def timed_generation(*a, **k):
+        timer.mark["gen_start"] = time.perf_counter()
+        out = original_generation(*a, **k)
+        timer.mark["gen_end"] = time.perf_counter()
+        generated.append((tuple(out[0].shape), int((out[0][:, prompt:] == pad).sum())))
+        return out
+
+    def timed_forward(model, *a, **k):
+        if "train_start" not in timer.mark and isinstance(model, ppo_mod.PolicyAndValueWrapper):
+            timer.mark["train_start"] = time.perf_counter()
+        return original_forward(model, *a, **k)
+
+    ppo_mod.batch_generation, ppo_mod.forward = timed_generation, timed_forward
+    trainer = PPOTrainer(args=config, processing_class=tokenizer, model=policy, ref_model=ref, reward_model=reward,
+                         value_model=value, train_dataset=dataset, eval_dataset=dataset, callbacks=[timer])
+    trainer.train()
+    for shape, pads in generated:
+        if shape != (batch, prompt + new):
+            sys.exit(f"TRL generated {shape}, expected ({batch}, {prompt + new})")
+    opt = trainer.optimizer.optimizer if hasattr(trainer.optimizer, "optimizer") else trainer.optimizer
+    defaults = opt.defaults
+    notes = [f"trl {trl.__version__}: optimizer {type(opt).__name__}(fused={defaults.get('fused')}, "
+             f"foreach={defaults.get('foreach')}) over policy + value ({config.optim}), mixed precision "
+             f"{trainer.accelerator.mixed_precision}, weights {next(policy.parameters()).dtype}; "
+             f"generation {iters} x {generated[0][0] if generated else '?'} (prompt + answer), "
+             f"{sum(p for _, p in generated)} sampled tokens equal to TRL's pad id {pad}"]
+    print(json.dumps({"times": timer.times, "notes": notes}), flush=True)
 
 
 # ---------------------------------------------------------------------------------------------------------------
 
 def best(times):
-    """Per phase, the fastest of the measured iterations; "iteration" is the fastest whole iteration."""
-    out = {p: min(t[p] for t in times) for p in PHASES}
-    out["iteration"] = min(sum(t[p] for p in PHASES) for t in times)
+    """Per phase, the fastest of the measured iterations; "iteration" is the fastest whole iteration (the phases
+    plus "other", what the phases leave out)."""
+    out = {p: min(t.get(p, 0.0) for t in times) for p in (*PHASES, "other")}
+    out["iteration"] = min(sum(t.get(p, 0.0) for p in (*PHASES, "other")) for t in times)
     return out
 
 
+def print_table(rows, b, w, rss, wall, labels, ref="dschat", ratio_rows=("python", "trl"), wall_note=""):
+    """The table every bench prints: best seconds a phase per row, ratios row / ref, the warm-up iteration."""
+    ratios = [r for r in ratio_rows if r in rows and ref in rows]
+    head = f"{'best s':12} " + " ".join(f"{labels[r]:>12}" for r in rows)
+    head += "".join(f" {labels[r] + '/' + labels[ref]:>16}" for r in ratios)
+    head += "   warm-up: " + " ".join(f"{labels[r]:>12}" for r in rows)
+    print(head)
+    for p in (*PHASES, "other", "iteration"):
+        line = f"{p:12} " + " ".join(f"{b[r][p]:12.3f}" for r in rows)
+        line += "".join(f" {b[r][p] / b[ref][p]:15.2f}x" if b[ref][p] > 0 else f" {'-':>16}" for r in ratios)
+        line += "            " + " ".join(f"{w[r][p]:12.3f}" for r in rows)
+        print(line)
+    print(f"{'peak RSS MB':12} " + " ".join(f"{rss[r]:12.0f}" for r in rows)
+          + "".join(f" {rss[r] / rss[ref]:15.2f}x" for r in ratios))
+    print(f"{'wall s':12} " + " ".join(f"{wall[r]:12.1f}" for r in rows) + wall_note)
+
+
 def run_row(row, tmp, dirs, prompt_ids, args, dschat, tomls):
+    if row == "trl":
+        return trl_side(tmp, dirs, prompt_ids, args)
     if row == "python":
         return python_side(tmp, dirs, prompt_ids, args)
     if row == "python-jemalloc":
         return python_side(tmp, dirs, prompt_ids, args, preload=machine.jemalloc_path())
     toml = tomls["noreuse" if row == "dschat-noreuse" else "default"]
-    return dschat_run(dschat, toml, tmp, args.threads, allocator="system" if row == "dschat-system" else None)
+    return dschat_run(dschat, toml, tmp, args.threads, allocator="system" if row == "dschat-system" else None,
+                      gemm="mkl" if row == "dschat-mkl" else None)
 
 
 def compare(args, tmp, dirs, tokenizer, dschat, rows):
@@ -513,29 +746,26 @@ def compare(args, tmp, dirs, tokenizer, dschat, rows):
     b = {r: best(times[r]) for r in rows}
     w = {r: best([warm[r]]) for r in rows}
     ref = "dschat" if "dschat" in rows else None
-    head = f"{'best s':12} " + " ".join(f"{LABELS[r]:>12}" for r in rows)
-    if ref and "python" in rows:
-        head += f" {'python/dschat':>14}"
-    head += "   warm-up: " + " ".join(f"{LABELS[r]:>12}" for r in rows)
-    print(head)
-    for p in (*PHASES, "iteration"):
-        line = f"{p:12} " + " ".join(f"{b[r][p]:12.3f}" for r in rows)
-        if ref and "python" in rows:
-            line += f" {b['python'][p] / b[ref][p]:13.2f}x"
-        line += "            " + " ".join(f"{w[r][p]:12.3f}" for r in rows)
-        print(line)
-    print(f"{'peak RSS MB':12} " + " ".join(f"{rss[r]:12.0f}" for r in rows))
-    print(f"{'wall s':12} " + " ".join(f"{wall[r]:12.1f}" for r in rows)
-          + "   (whole child: loading four models, every iteration, saving the actor)")
+    print_table(rows, b, w, rss, wall, LABELS, ref=ref or rows[0],
+                wall_note="   (whole child: loading four models, every iteration, saving the actor)")
+    print("other: what the phases leave out of the whole iteration. dschat: its consistency check and logging "
+          "(metrics.jsonl times); trl: gc.collect, dels and the dataloader at the top of each update")
     if ref:
         for row, what in (("dschat-system", "the caching CPU allocator (vs DSCHAT_CPU_ALLOCATOR=system)"),
                           ("dschat-noreuse", "reuse_experience_forwards (vs = false)"),
+                          ("dschat-mkl", "oneDNN's fp32 GEMM (vs DSCHAT_CPU_GEMM=mkl, the GEMM the Python sides run)"),
                           ("python-jemalloc", "dschat vs python with jemalloc")):
             if row in rows:
                 print(f"{what}: " + ", ".join(f"{p} {b[row][p] / b[ref][p]:.2f}x" for p in (*PHASES, "iteration"))
                       + f"; peak RSS {rss[row]:.0f} -> {rss[ref]:.0f} MB")
     for row in rows:
-        print(f"per-iteration seconds, {LABELS[row]}: {[round(sum(x[p] for p in PHASES), 2) for x in times[row]]}")
+        print(f"per-iteration seconds, {LABELS[row]}: "
+              f"{[round(sum(x.get(p, 0.0) for p in (*PHASES, 'other')), 2) for x in times[row]]}")
+    for row in rows:
+        for note in CHILD_NOTES.get(row, []):
+            print(f"{LABELS[row]}: {note}")
+    if "trl" in rows:
+        print(TRL_PPO_DIFFERENCES)
 
 
 def estimate(args, config, batch, prompt, peak_gflops, avail_bytes):
@@ -644,6 +874,8 @@ def scaling(args, tmp, dirs, config, tokenizer, dschat):
 def main():
     if len(sys.argv) == 3 and sys.argv[1] == "--child-python":
         return python_child(sys.argv[2])
+    if len(sys.argv) == 3 and sys.argv[1] == "--child-trl":
+        return trl_child(sys.argv[2])
     root = os.path.dirname(os.path.dirname(HERE))
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--build", default=os.path.join(root, "build"))
@@ -659,6 +891,10 @@ def main():
     parser.add_argument("--python-fused", action="store_true",
                         help="torch.optim.AdamW(fused=True) for the baseline (default: torch's CPU default, "
                              "fused=False / foreach=False)")
+    parser.add_argument("--top-k", type=int, default=TOP_K,
+                        help="top-k sampling of the dschat and python rows (0: off; TRL's PPO always samples the "
+                             "whole vocabulary, top_k 0)")
+    parser.add_argument("--trl-python", default=TRL_PPO_PYTHON, help="the trl row's interpreter (trl 1.12.0)")
     parser.add_argument("--keep", help="write the models, prompts and pipeline here and keep them")
     parser.add_argument("--scaling", action="store_true", help="iteration time across batch x prompt length")
     parser.add_argument("--scaling-batches", default="1,8,32")
@@ -691,6 +927,7 @@ def main():
     hf_logging.disable_progress_bar()
     for line in machine.describe(args.threads):
         print(line)
+    print(machine.gemm_line(args.threads), flush=True)
     tokenizer_dir = os.path.join(root, "configs", "quickstart", "model")
     tokenizer = Tokenizer.from_file(os.path.join(tokenizer_dir, "tokenizer.json"))
     shape = SHAPES[args.shape]
@@ -698,10 +935,10 @@ def main():
             f"layers, {shape['num_attention_heads']} heads, ffn {shape['ffn_dim']}, vocab {shape['vocab_size']}), "
             f"random weights, {args.dtype}; ")
     if args.scaling:
-        what += f"batch x prompt grid, {args.new} sampled tokens (top_k {TOP_K}); "
+        what += f"batch x prompt grid, {args.new} sampled tokens (top_k {args.top_k}); "
     else:
         what += (f"batch {args.batch} (generation = training micro-batch), prompt {args.prompt} + {args.new} sampled "
-                 f"tokens (top_k {TOP_K}); best of {args.rounds} round(s) x {args.iterations - 1} iterations after "
+                 f"tokens (top_k {args.top_k}; trl: 0, TRL's PPO fixes it); best of {args.rounds} round(s) x {args.iterations - 1} iterations after "
                  f"1 warm-up; ")
     print(what + f"actor + critic trained, reference + reward frozen; {args.threads} threads; python AdamW "
           f"{'fused' if args.python_fused else 'default (fused=False)'}", flush=True)

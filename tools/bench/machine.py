@@ -4,6 +4,7 @@
                                     allocator each side runs with, torch's build (BLAS, oneDNN, ISA, OpenMP)
     read_bandwidth_gbs(threads)  -> DRAM read bandwidth (GB/s): torch.sum over 1 GiB, far past every cache
     gemm_peak_gflops(dtype, threads) -> a large square at::mm (MKL sgemm / oneDNN bf16), the reachable GEMM peak
+    gemm_line(threads)           -> fp32 peaks of MKL and oneDNN, and which one dschat's linears run on
     peak_rss_mb()                -> this process's peak resident set (MB)
     run_child(cmd, env, cwd)     -> (returncode, stdout, stderr, wall seconds, cmd's own peak RSS in MB)
     jemalloc_path()              -> Debian's libjemalloc.so.2 for LD_PRELOAD, or None
@@ -125,18 +126,49 @@ def read_bandwidth_gbs(threads, gib=1.0, repeats=5):
         torch.set_num_threads(previous)
 
 
-def gemm_peak_gflops(dtype, threads, n=2048, repeats=3):
-    """The GEMM rate LibTorch reaches at a large square shape: the bound training's matmuls are a share of."""
+def gemm_peak_gflops(dtype, threads, n=2048, repeats=3, backend="aten"):
+    """The GEMM rate LibTorch reaches at a large square shape: the bound training's matmuls are a share of.
+
+    backend "aten": torch.mm (MKL sgemm for fp32, oneDNN for bf16); "onednn": oneDNN's fp32 matmul (mkldnn_linear
+    on oneDNN-layout operands), what dschat's fp32 linears run on where dschat_fp32_gemm() says "onednn"."""
     import torch
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         a = torch.randn(n, n).to(dtype)
         b = torch.randn(n, n).to(dtype)
-        seconds = _best_seconds(lambda: torch.mm(a, b), repeats)
+        if backend == "onednn":
+            am, bm = a.to_mkldnn(), b.to_mkldnn()
+            seconds = _best_seconds(lambda: torch._C._nn.mkldnn_linear(am, bm, None), repeats)
+        else:
+            seconds = _best_seconds(lambda: torch.mm(a, b), repeats)
         return 2 * n ** 3 / seconds / 1e9
     finally:
         torch.set_num_threads(previous)
+
+
+def dschat_fp32_gemm():
+    """What dschat's fp32 CPU linears run on (sdk/include/dschat/sdk/nn/onednn_linear.h): DSCHAT_CPU_GEMM, else
+    oneDNN on AMD CPUs with AVX-512F (MKL runs its AVX2 kernels there), else MKL."""
+    choice = os.environ.get("DSCHAT_CPU_GEMM", "auto") or "auto"
+    if choice != "auto":
+        return choice
+    name, flags = cpu_model()
+    try:
+        with open("/proc/cpuinfo") as f:
+            amd = "AuthenticAMD" in f.read(4096)
+    except OSError:
+        amd = False
+    return "onednn" if amd and "avx512f" in flags else "mkl"
+
+
+def gemm_line(threads):
+    """One line: the fp32 GEMM peak of MKL (what PyTorch's torch.mm runs) and of oneDNN, and dschat's choice."""
+    import torch
+    mkl = gemm_peak_gflops(torch.float32, threads)
+    onednn = gemm_peak_gflops(torch.float32, threads, backend="onednn")
+    return (f"fp32 GEMM peak (2048^3, {threads} threads): torch.mm (MKL) {mkl:.0f} GFLOP/s, oneDNN {onednn:.0f} "
+            f"GFLOP/s; dschat's fp32 linears run on {dschat_fp32_gemm()} (DSCHAT_CPU_GEMM; the Python sides on MKL)")
 
 
 def peak_rss_mb(children=False):
