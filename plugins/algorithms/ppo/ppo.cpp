@@ -12,9 +12,9 @@
 // stops); drop rows whose answer has <= 1 non-pad token; with attention_mask = (seq != pad) -- DeepSpeed-Chat's
 // mask, which also hides OPT's BOS (== pad) and a generated eos -- compute old log-probs (actor), ref log-probs,
 // values over [:, :-1] (critic) and the reward (the reward model's score at the last token before the first pad
-// after the prompt, or the stage's rewards' sum). Once generation_batches rollouts are buffered: ppo_epochs passes over per_device_training_batch_size
-// micro-batches, each an actor step (then a PTX step when enabled), the hooks' after_optimizer_step, and a critic
-// step; the math is dschat/sdk/ppo_math.h.
+// after the prompt, or the stage's rewards' sum). Once generation_batches rollouts are buffered: ppo_epochs
+// passes over per_device_training_batch_size micro-batches, each an actor step (then a PTX step when enabled),
+// the hooks' after_optimizer_step, and a critic step; the math is dschat/sdk/ppo_math.h.
 //
 // One forward fewer per model than DeepSpeed-Chat: the first micro-batch after a rollout trains on the weights the
 // rollout was made with, so its actor and critic training forwards equal the experience forwards of its rows.
@@ -715,7 +715,8 @@ class Ppo : public Algorithm {
 
   DataNeeds data_needs() const override { return {Phase::ppo, false}; }
   std::map<std::string, std::string> model_roles() const override {
-    std::map<std::string, std::string> roles = {{"actor", o_.actor}, {"critic", o_.critic}, {"reference", o_.reference}};
+    std::map<std::string, std::string> roles = {
+        {"actor", o_.actor}, {"critic", o_.critic}, {"reference", o_.reference}};
     if (!o_.reward.empty()) roles["reward"] = o_.reward;
     return roles;
   }

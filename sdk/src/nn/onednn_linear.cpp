@@ -8,6 +8,7 @@
 
 #include <cstdlib>
 #include <string>
+#include <vector>
 
 // LibTorch exports it (aten/src/ATen/native/mkldnn/Matmul.h, a header the wheel does not ship):
 // result = beta * result + alpha * mat1 @ mat2 on oneDNN, for 2-D operands that are contiguous or transposed.

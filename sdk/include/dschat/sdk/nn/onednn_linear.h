@@ -2,7 +2,8 @@
 // fp32 linears (forward and backward) on oneDNN's GEMM where LibTorch's MKL sgemm is slow. MKL runs its AVX2
 // kernels on AMD CPUs, so on an AMD CPU with AVX-512 (Zen 4, Zen 5) the oneDNN bundled in LibTorch, whose JIT
 // picks kernels by instruction set rather than vendor, does the same fp32 products 2-2.8x faster at training
-// shapes (tools/bench: bench_gemm). Both are IEEE fp32 GEMMs; only the summation order differs.
+// shapes (Zen 5, 2 threads: 2048^3 peak 182 -> 402 GFLOP/s, tools/bench/machine.py gemm_line; a PPO iteration
+// 1.81x, bench_ppo.py's dschat-mkl row). Both are IEEE fp32 GEMMs; only the summation order differs.
 //
 // DSCHAT_CPU_GEMM = auto (default: oneDNN on AMD CPUs with AVX-512F, else MKL) | onednn | mkl.
 #include <ATen/core/Tensor.h>
