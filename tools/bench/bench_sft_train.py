@@ -37,7 +37,8 @@ Columns: tokens/s (batch x max_seq_len / median step), the median step and the m
 backward and optimizer (clip, AdamW, schedule, zero grad; master copies in bf16) times, the bf16/fp32 speed ratio of each row, TFLOP/s = (6 x
 trainable params x tokens + 12 x layers x hidden x max_seq_len x tokens) / step time (the PaLM convention:
 attention counted in full, though causal kernels may skip the upper triangle) and its share of the GEMM peak
-of that dtype, measured at the top by machine.gemm_peak_gflops (a large square at::mm). On CPUs without AVX-512
+of that dtype, measured at the top by machine.gemm_peak_gflops (a large square at::mm; for fp32 the faster of
+MKL's and oneDNN's, which dschat uses on AMD CPUs with AVX-512: onednn_linear.h). On CPUs without AVX-512
 LibTorch's bf16 GEMM is a generic loop and dschat runs bf16 linears as fp32 GEMMs on upcast operands, so a bf16
 share over 100 % is possible there; the fp32 peak is the bound to read it against (printed too). Peak RSS
 includes each side's runtime: LibTorch's libraries for bench_sft (~0.65 GB with the CUDA-built wheel's
@@ -261,8 +262,13 @@ def main():
     peaks = {}
     for name, dt in (("f32", torch.float32), ("bf16", torch.bfloat16)):
         peaks[name] = machine.gemm_peak_gflops(dt, args.threads)
-    print(f"GEMM peak (at::mm 2048^3, {args.threads} threads): fp32 {peaks['f32']:.1f} GFLOP/s, "
-          f"bf16 {peaks['bf16']:.1f} GFLOP/s", flush=True)
+    # fp32: the faster of MKL (torch.mm) and oneDNN, the bound of what this CPU reaches (dschat runs oneDNN where
+    # it is the faster one: AMD with AVX-512).
+    mkl_f32 = peaks["f32"]
+    peaks["f32"] = max(mkl_f32, machine.gemm_peak_gflops(torch.float32, args.threads, backend="onednn"))
+    print(f"GEMM peak (2048^3, {args.threads} threads): fp32 {peaks['f32']:.1f} GFLOP/s (torch.mm / MKL "
+          f"{mkl_f32:.1f}; dschat's fp32 linears: {machine.dschat_fp32_gemm()}), bf16 {peaks['bf16']:.1f} GFLOP/s "
+          "(at::mm, oneDNN where the CPU has AVX-512)", flush=True)
 
     tokens = args.batch * args.max_seq_len
     with tempfile.TemporaryDirectory(prefix="bench_sft_train_") as tmp:
