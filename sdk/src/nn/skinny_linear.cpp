@@ -9,6 +9,7 @@
 // at::linear, which is faster than that loop).
 #include "dschat/sdk/nn/skinny_linear.h"
 #include "dschat/sdk/nn/onednn_linear.h"
+#include "avx512_sum16.h"
 
 #include <ATen/Functions.h>
 #include <ATen/Parallel.h>
@@ -165,24 +166,6 @@ struct Avx2Kernel {
   }
 };
 
-// s[i] = the sum of v[i]'s 16 lanes for M * R accumulators, 16 at a time through one transpose-and-add tree
-// (45 instructions per 16 sums, against ~8 per sum for _mm512_reduce_add_ps one by one: with K = 576 the
-// one-by-one reductions added half again the instructions of the dot products themselves).
-__attribute__((target("avx512f"))) inline __m512 sum16(const __m512 (&v)[16]) {
-  __m512 x[8], y[4], z[2];
-  for (int i = 0; i < 8; ++i)  // per 128-bit chunk: partial sums of v[2i] at 0, 2 and of v[2i+1] at 1, 3
-    x[i] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]), _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]));
-  for (int i = 0; i < 4; ++i) {  // per chunk: the chunk's sums of v[4i .. 4i+3]
-    const __m512d a = _mm512_castps_pd(x[2 * i]), b = _mm512_castps_pd(x[2 * i + 1]);  // moved as pairs
-    y[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(a, b)), _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)));
-  }
-  for (int i = 0; i < 2; ++i)  // chunks paired: (0+1, 2+3) of y[2i], then of y[2i+1]
-    z[i] = _mm512_add_ps(_mm512_shuffle_f32x4(y[2 * i], y[2 * i + 1], 0x88),
-                         _mm512_shuffle_f32x4(y[2 * i], y[2 * i + 1], 0xDD));
-  // Chunk i holds y[i]'s totals: lane 4i + j is the sum of v[4i + j].
-  return _mm512_add_ps(_mm512_shuffle_f32x4(z[0], z[1], 0x88), _mm512_shuffle_f32x4(z[0], z[1], 0xDD));
-}
-
 template <int M, int R>
 __attribute__((target("avx512f"))) inline void reduce_all(const __m512 (&acc)[M][R], float (&s)[M][R]) {
   constexpr int kCount = M * R;
@@ -192,7 +175,7 @@ __attribute__((target("avx512f"))) inline void reduce_all(const __m512 (&acc)[M]
     __m512 v[16];
     for (int i = 0; i < 16; ++i) v[i] = base + i < kCount ? flat[base + i] : _mm512_setzero_ps();
     alignas(64) float sums[16];
-    _mm512_store_ps(sums, sum16(v));
+    _mm512_store_ps(sums, detail::sum16(v));
     for (int i = 0; i < 16 && base + i < kCount; ++i) out[base + i] = sums[i];
   }
 }
