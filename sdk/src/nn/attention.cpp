@@ -138,9 +138,10 @@ at::Tensor AttentionImpl::forward(const at::Tensor& hidden, const AttentionInput
     k = fused.select(3, 1).transpose(1, 2);
     v = fused.select(3, 2).transpose(1, 2);
   } else {
-    q = q_proj->forward(hidden).view({batch, tokens, o.num_heads, o.head_dim}).transpose(1, 2);
-    k = k_proj->forward(hidden).view({batch, tokens, o.num_kv_heads, o.head_dim}).transpose(1, 2);
-    v = v_proj->forward(hidden).view({batch, tokens, o.num_kv_heads, o.head_dim}).transpose(1, 2);
+    auto qkv = forward_group(hidden, {q_proj.get(), k_proj.get(), v_proj.get()});
+    q = qkv[0].view({batch, tokens, o.num_heads, o.head_dim}).transpose(1, 2);
+    k = qkv[1].view({batch, tokens, o.num_kv_heads, o.head_dim}).transpose(1, 2);
+    v = qkv[2].view({batch, tokens, o.num_kv_heads, o.head_dim}).transpose(1, 2);
   }
   if (inputs.rope_cos.defined()) {
     q = apply_rotary(q, inputs.rope_cos, inputs.rope_sin);

@@ -93,7 +93,8 @@ GatedMlpImpl::GatedMlpImpl(GatedMlpOptions options) : activation_(options.activa
 }
 
 at::Tensor GatedMlpImpl::forward(const at::Tensor& x) {
-  return down_proj->forward(activate(gate_proj->forward(x), activation_) * up_proj->forward(x));
+  auto gate_up = forward_group(x, {gate_proj.get(), up_proj.get()});
+  return down_proj->forward(activate(gate_up[0], activation_) * gate_up[1]);
 }
 
 ValueHeadImpl::ValueHeadImpl(int64_t hidden_size) {

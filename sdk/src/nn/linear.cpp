@@ -29,6 +29,21 @@ at::Tensor LoraLinearImpl::forward(const at::Tensor& x) {
   return y;
 }
 
+std::vector<at::Tensor> forward_group(const at::Tensor& x, std::initializer_list<LoraLinearImpl*> layers) {
+  std::vector<at::Tensor> weights, biases;
+  for (const auto* layer : layers) {
+    if (layer->reduce_partial || layer->gather_output || (layer->has_lora() && !layer->fused()) ||
+        !use_skinny_linear(x, layer->weight, layer->bias))
+      break;
+    weights.push_back(layer->weight);
+    biases.push_back(layer->bias);
+  }
+  if (weights.size() == layers.size()) return skinny_linear_group(x, weights, biases);
+  std::vector<at::Tensor> outputs;
+  for (auto* layer : layers) outputs.push_back(layer->forward(x));
+  return outputs;
+}
+
 at::Tensor LoraLinearImpl::forward_parallel(const at::Tensor& x) {
   // Shards are built for generation and carry no adapter (the actor's LoRA is folded into the sliced weights).
   TORCH_CHECK(!has_lora() || fused_, "a tensor-parallel linear layer cannot run an unfused LoRA adapter");

@@ -21,6 +21,7 @@
 #include <array>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
@@ -302,22 +303,41 @@ constexpr std::array<RowsFn<Kernel, T>, sizeof...(Ms)> rows_table(std::integer_s
   return {rows<Kernel, T, Ms + 1>...};
 }
 
+// One linear of a group that shares x: W [N, K], its bias (or null) and y [M, N].
+template <typename T>
+struct Segment {
+  const T* w;
+  const T* bias;
+  T* y;
+  int64_t N;
+};
+
+// Every segment's rows in one parallel loop, so a group (q, k and v) costs one fork-join and its threads split
+// all of the group's rows evenly rather than each small matrix's.
 template <class Kernel, typename T>
-void run(const typename Kernel::X* x, const T* w, const T* bias, T* y, int64_t M, int64_t K, int64_t N) {
+void run(const typename Kernel::X* x, const std::vector<Segment<T>>& segments, int64_t M, int64_t K) {
   static constexpr auto passes = rows_table<Kernel, T>(std::make_integer_sequence<int, kMaxPass>());
+  int64_t total = 0;
+  for (const auto& segment : segments) total += segment.N;
   const int64_t row_bytes = K * static_cast<int64_t>(sizeof(T));
   // A task reads at least ~64 KB of W, so tiny layers are not split into tasks that cost more than they do, while
   // SmolLM2's 221 KB k/v projections still use both threads (at 256 KB one thread read them, the other waited).
   const int64_t grain = std::max<int64_t>(1, (int64_t{64} << 10) / row_bytes);
   // Past kMaxPass rows, W is walked in tiles that stay in L2 (~128 KB) while each pass of 8 x rows reads them.
-  const int64_t tile = M <= kMaxPass ? N : std::max<int64_t>(8, (int64_t{128} << 10) / row_bytes);
-  at::parallel_for(0, N, grain, [&](int64_t begin, int64_t end) {
-    for (int64_t t0 = begin; t0 < end; t0 += tile) {
-      const int64_t t1 = std::min(end, t0 + tile);
-      for (int64_t m0 = 0; m0 < M; m0 += kMaxPass) {
-        const int m = static_cast<int>(std::min<int64_t>(kMaxPass, M - m0));
-        passes[m - 1](x + m0 * K, w, bias, y + m0 * N, K, N, t0, t1);
+  const int64_t tile = M <= kMaxPass ? total : std::max<int64_t>(8, (int64_t{128} << 10) / row_bytes);
+  at::parallel_for(0, total, grain, [&](int64_t begin, int64_t end) {
+    int64_t offset = 0;  // the first row of `segment` in the group's row numbering
+    for (const auto& segment : segments) {
+      const int64_t lo = std::max(begin, offset), hi = std::min(end, offset + segment.N);
+      for (int64_t t0 = lo; t0 < hi; t0 += tile) {
+        const int64_t t1 = std::min(hi, t0 + tile);
+        for (int64_t m0 = 0; m0 < M; m0 += kMaxPass) {
+          const int m = static_cast<int>(std::min<int64_t>(kMaxPass, M - m0));
+          passes[m - 1](x + m0 * K, segment.w, segment.bias, segment.y + m0 * segment.N, K, segment.N,
+                        t0 - offset, t1 - offset);
+        }
       }
+      offset += segment.N;
     }
   });
 }
@@ -365,8 +385,8 @@ at::Tensor widened_bf16_x_layout(const at::Tensor& xf, int64_t block) {
 }
 
 template <class Kernel, typename T>
-void run_on(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, at::Tensor& y) {
-  const int64_t N = weight.size(0), K = weight.size(1), M = x.numel() / K;
+void run_on(const at::Tensor& x, at::TensorList weights, at::TensorList biases, std::vector<at::Tensor>& ys) {
+  const int64_t K = weights[0].size(1), M = x.numel() / K;
   at::Tensor xk;
   if constexpr (std::is_same_v<typename Kernel::X, float>) {
     xk = x.reshape({M, K}).to(at::kFloat).contiguous();  // a copy only for bf16 or strided input
@@ -375,21 +395,27 @@ void run_on(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bia
   } else {
     xk = x.reshape({M, K}).contiguous();
   }
-  run<Kernel, T>(xk.data_ptr<typename Kernel::X>(), weight.data_ptr<T>(),
-                 bias.defined() ? bias.data_ptr<T>() : nullptr, y.data_ptr<T>(), M, K, N);
+  std::vector<Segment<T>> segments;
+  for (size_t i = 0; i < weights.size(); ++i) {
+    const bool has_bias = i < biases.size() && biases[i].defined();
+    segments.push_back({weights[i].data_ptr<T>(), has_bias ? biases[i].data_ptr<T>() : nullptr,
+                        ys[i].data_ptr<T>(), weights[i].size(0)});
+  }
+  run<Kernel, T>(xk.data_ptr<typename Kernel::X>(), segments, M, K);
 }
 
 template <typename T>
-void run_isa(SkinnyIsa isa, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, at::Tensor& y) {
+void run_isa(SkinnyIsa isa, const at::Tensor& x, at::TensorList weights, at::TensorList biases,
+             std::vector<at::Tensor>& ys) {
   switch (isa) {
 #ifdef DSCHAT_SKINNY_AVX2
     case SkinnyIsa::kAvx512Bf16:
-      if constexpr (std::is_same_v<T, c10::BFloat16>) return run_on<Avx512Bf16Kernel, T>(x, weight, bias, y);
+      if constexpr (std::is_same_v<T, c10::BFloat16>) return run_on<Avx512Bf16Kernel, T>(x, weights, biases, ys);
       [[fallthrough]];  // fp32 has nothing to pair: the AVX-512F loop
-    case SkinnyIsa::kAvx512: return run_on<Avx512Kernel, T>(x, weight, bias, y);
-    case SkinnyIsa::kAvx2: return run_on<Avx2Kernel, T>(x, weight, bias, y);
+    case SkinnyIsa::kAvx512: return run_on<Avx512Kernel, T>(x, weights, biases, ys);
+    case SkinnyIsa::kAvx2: return run_on<Avx2Kernel, T>(x, weights, biases, ys);
 #endif
-    default: return run_on<ScalarKernel, T>(x, weight, bias, y);
+    default: return run_on<ScalarKernel, T>(x, weights, biases, ys);
   }
 }
 
@@ -421,30 +447,54 @@ at::Tensor skinny_linear(const at::Tensor& x, const at::Tensor& weight, const at
 }
 
 at::Tensor skinny_linear(SkinnyIsa isa, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
+  return skinny_linear_group(isa, x, {weight}, {bias})[0];
+}
+
+std::vector<at::Tensor> skinny_linear_group(const at::Tensor& x, at::TensorList weights, at::TensorList biases) {
+  return skinny_linear_group(skinny_best_isa(), x, weights, biases);
+}
+
+std::vector<at::Tensor> skinny_linear_group(SkinnyIsa isa, const at::Tensor& x, at::TensorList weights,
+                                            at::TensorList biases) {
   TORCH_CHECK(cpu_has(isa), "skinny_linear: this CPU cannot run the ", skinny_isa_name(isa), " kernel");
-  TORCH_CHECK(x.device().is_cpu() && weight.device().is_cpu(), "skinny_linear: CPU tensors only");
-  const auto dtype = weight.scalar_type();
+  TORCH_CHECK(!weights.empty(), "skinny_linear_group: no weights");
+  TORCH_CHECK(biases.empty() || biases.size() == weights.size(), "skinny_linear_group: ", biases.size(),
+              " biases for ", weights.size(), " weights");
+  const auto dtype = weights[0].scalar_type();
   TORCH_CHECK(dtype == at::kFloat || dtype == at::kBFloat16, "skinny_linear: weight must be fp32 or bf16, got ",
               dtype);
+  TORCH_CHECK(x.device().is_cpu(), "skinny_linear: CPU tensors only");
   TORCH_CHECK(x.scalar_type() == dtype, "skinny_linear: input dtype ", x.scalar_type(), " != weight dtype ", dtype);
-  TORCH_CHECK(weight.dim() == 2 && weight.is_contiguous(), "skinny_linear: weight must be a contiguous matrix");
-  TORCH_CHECK(x.dim() >= 1 && x.size(-1) == weight.size(1), "skinny_linear: input features ",
-              x.dim() >= 1 ? x.size(-1) : 0, " != weight's ", weight.size(1));
-  const int64_t N = weight.size(0), K = weight.size(1);
-  if (bias.defined()) {
-    TORCH_CHECK(bias.device().is_cpu() && bias.scalar_type() == dtype && bias.dim() == 1 && bias.size(0) == N,
-                "skinny_linear: bias must be a CPU [", N, "] tensor of the weight's dtype");
+  TORCH_CHECK(x.dim() >= 1, "skinny_linear: the input needs a feature dimension");
+  const int64_t K = x.size(-1);
+  std::vector<at::Tensor> ys, contiguous_biases;
+  for (size_t i = 0; i < weights.size(); ++i) {
+    const auto& weight = weights[i];
+    TORCH_CHECK(weight.device().is_cpu(), "skinny_linear: CPU tensors only");
+    TORCH_CHECK(weight.scalar_type() == dtype, "skinny_linear_group: weights of different dtypes");
+    TORCH_CHECK(weight.dim() == 2 && weight.is_contiguous(), "skinny_linear: weight must be a contiguous matrix");
+    TORCH_CHECK(weight.size(1) == K, "skinny_linear: input features ", K, " != weight's ", weight.size(1));
+    const int64_t N = weight.size(0);
+    const at::Tensor bias = i < biases.size() ? biases[i] : at::Tensor();
+    if (bias.defined()) {
+      TORCH_CHECK(bias.device().is_cpu() && bias.scalar_type() == dtype && bias.dim() == 1 && bias.size(0) == N,
+                  "skinny_linear: bias must be a CPU [", N, "] tensor of the weight's dtype");
+    }
+    contiguous_biases.push_back(bias.defined() ? bias.contiguous() : bias);
+    auto out_sizes = x.sizes().vec();
+    out_sizes.back() = N;
+    ys.push_back(at::empty(out_sizes, weight.options().requires_grad(false)));
   }
-  auto out_sizes = x.sizes().vec();
-  out_sizes.back() = N;
-  auto y = at::empty(out_sizes, weight.options().requires_grad(false));
   const int64_t M = K == 0 ? 0 : x.numel() / K;
-  if (M == 0 || N == 0) return y;
-  if (K == 0) return bias.defined() ? y.copy_(bias.expand_as(y)) : y.zero_();
-  const auto b = bias.defined() ? bias.contiguous() : bias;
-  if (dtype == at::kFloat) run_isa<float>(isa, x, weight, b, y);
-  else run_isa<c10::BFloat16>(isa, x, weight, b, y);
-  return y;
+  if (M == 0) return ys;
+  if (K == 0) {
+    for (size_t i = 0; i < ys.size(); ++i)
+      contiguous_biases[i].defined() ? ys[i].copy_(contiguous_biases[i].expand_as(ys[i])) : ys[i].zero_();
+    return ys;
+  }
+  if (dtype == at::kFloat) run_isa<float>(isa, x, weights, contiguous_biases, ys);
+  else run_isa<c10::BFloat16>(isa, x, weights, contiguous_biases, ys);
+  return ys;
 }
 
 int64_t skinny_linear_max_rows(at::ScalarType dtype) { return has_avx2() ? max_rows(dtype) : 0; }

@@ -5,6 +5,7 @@
 // adapter into W for generation and export; unfuse() takes it back out exactly as it was added.
 #include <cstdint>
 #include <functional>
+#include <initializer_list>
 #include <optional>
 #include <string>
 #include <vector>
@@ -57,6 +58,12 @@ class DSCHAT_SDK_API LoraLinearImpl : public torch::nn::Module {
   bool fused_ = false;
 };
 TORCH_MODULE(LoraLinear);
+
+// The layers' forwards on one input (q, k and v; gate and up): one skinny_linear_group call where every layer
+// would take the decode-step kernel as it is (no unfused adapter, no tensor-parallel hooks), each layer's
+// forward otherwise. At decode this is one fork-join per group instead of one per layer.
+DSCHAT_SDK_API std::vector<at::Tensor> forward_group(const at::Tensor& x,
+                                                     std::initializer_list<LoraLinearImpl*> layers);
 
 // Enables LoRA on every LoraLinear whose own name (the last component of its path, e.g. "q_proj") is in
 // `targets`. Returns how many layers got an adapter; zero is an error (a typo in the target list).

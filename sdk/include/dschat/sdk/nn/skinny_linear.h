@@ -8,6 +8,7 @@
 // picks it only where it measured faster and no gradient is needed, so training and prefill keep at::linear
 // (bf16 on CPUs without oneDNN's bf16 GEMM takes fp32 GEMMs instead: use_upcast_linear).
 #include <cstdint>
+#include <vector>
 
 #include <ATen/core/Tensor.h>
 
@@ -28,6 +29,14 @@ DSCHAT_SDK_API at::Tensor skinny_linear(const at::Tensor& x, const at::Tensor& w
                                         const at::Tensor& bias = at::Tensor());
 DSCHAT_SDK_API at::Tensor skinny_linear(SkinnyIsa isa, const at::Tensor& x, const at::Tensor& weight,
                                         const at::Tensor& bias = at::Tensor());
+
+// Several linears of one input in one pass (q, k and v; gate and up): skinny_linear of each weight, with one
+// fork-join for the group and its threads' work split over all of the group's rows. biases: empty, or one per
+// weight (undefined for none). The weights share K and a dtype.
+DSCHAT_SDK_API std::vector<at::Tensor> skinny_linear_group(const at::Tensor& x, at::TensorList weights,
+                                                           at::TensorList biases = {});
+DSCHAT_SDK_API std::vector<at::Tensor> skinny_linear_group(SkinnyIsa isa, const at::Tensor& x,
+                                                           at::TensorList weights, at::TensorList biases = {});
 
 // Whether fast_linear would run skinny_linear for these arguments: CPU with AVX2+FMA, supported dtypes and
 // layout, no gradient needed and rows <= skinny_linear_max_rows (per dtype, and for bf16 per whether LibTorch
