@@ -7,8 +7,10 @@
 #include <ATen/Context.h>
 #include <boost/program_options.hpp>
 #include <fmt/format.h>
+#include <nlohmann/json.hpp>
 
 #include "command_support.h"
+#include "dschat/framework/memory_planner.h"
 #include "dschat/framework/pipeline.h"
 #include "dschat/framework/registry.h"
 #include "dschat/framework/runner.h"
@@ -31,7 +33,8 @@ const char* kTopUsage = R"(usage: dschat <command> [options]
 
 commands:
   run FILE        run a pipeline (SFT -> reward model -> PPO, as the file says)
-  validate FILE   check a pipeline file, its files and its plugins; do nothing else
+  validate FILE   check a pipeline file, its files, its plugins and whether it fits in memory; do nothing else
+  plan FILE       print the memory plan: per rank, stage and phase, the bytes of every state and activation
   plugins         list the plugins found, with version, file and status
   train           DeepSpeed-Chat's one-line launcher: writes the pipeline for --actor-model/--reward-model and runs it
   generate        answer a prompt from an HF model folder (see `dschat generate --help`)
@@ -63,34 +66,59 @@ void apply_plugin_policy(const po::variables_map& vm) {
   if (vm.count("allow-insecure-plugins")) ::setenv("DSCHAT_ALLOW_INSECURE_PLUGINS", "1", 1);
 }
 
+// Loads and validates the pipeline file the flags name; nullopt after printing what is wrong (exit 2).
+std::optional<Pipeline> load_reporting(const po::variables_map& vm, PluginRegistry& registry) {
+  std::vector<std::string> overrides;
+  if (vm.count("set")) overrides = vm["set"].as<std::vector<std::string>>();
+  try {
+    return load_pipeline(vm["file"].as<std::string>(), overrides, registry);
+  } catch (const ConfigErrors& e) {  // everything validation found, in file order
+    for (const auto& error : e.errors()) std::cerr << "error: " << error.what() << "\n";
+    std::cerr << e.errors().size() << " errors\n";
+  } catch (const ConfigError& e) {
+    std::cerr << "error: " << e.what() << "\n";
+  } catch (const PluginError& e) {
+    std::cerr << "error: " << e.what() << "\n";
+  }
+  return std::nullopt;
+}
+
+// The memory check of validate and run: false after printing why the pipeline cannot fit.
+bool fits_in_memory(const Pipeline& pipeline, bool print_summary) {
+  const PipelinePlan plan = plan_pipeline(pipeline, {});
+  if (auto refusal = plan_refusal(plan)) {
+    std::cerr << "error: the pipeline does not fit in memory:\n"
+              << *refusal
+              << "(`dschat plan FILE` lists every term; --no-memory-check runs it anyway)\n";
+    return false;
+  }
+  if (print_summary)
+    for (const auto& stage : plan.stages)
+      std::cout << fmt::format("memory: stage {} peaks at {} per rank ({}) of {} available\n", stage.stage,
+                               format_bytes(stage.peak()->device_bytes()), stage.peak()->name,
+                               format_bytes(plan.device_capacity));
+  return true;
+}
+
 int command_validate(const std::vector<std::string>& args, bool run, bool dry_run_allowed) {
   auto options = pipeline_options();
   if (dry_run_allowed) options.add_options()("dry-run", "validate and print the plan; run nothing");
+  options.add_options()("no-memory-check", "skip the memory plan's check (see `dschat plan`)");
   po::positional_options_description positional;
   positional.add("file", 1);
   std::string command = run ? "run" : "validate";
   auto vm = parse_flags(command, options, positional, args, "FILE [--set key.path=value ...]" +
-                                                                  std::string(run ? " [--dry-run]" : ""));
+                                                                  std::string(run ? " [--dry-run]" : "") +
+                                                                  " [--no-memory-check]");
   if (!vm) return kExitOk;
   apply_plugin_policy(*vm);
-  std::vector<std::string> overrides;
-  if (vm->count("set")) overrides = (*vm)["set"].as<std::vector<std::string>>();
 
   PluginRegistry registry;
-  Pipeline pipeline;
-  try {
-    pipeline = load_pipeline((*vm)["file"].as<std::string>(), overrides, registry);
-  } catch (const ConfigErrors& e) {  // everything validation found, in file order
-    for (const auto& error : e.errors()) std::cerr << "error: " << error.what() << "\n";
-    std::cerr << e.errors().size() << " errors\n";
-    return kExitUsage;
-  } catch (const ConfigError& e) {
-    std::cerr << "error: " << e.what() << "\n";
-    return kExitUsage;
-  } catch (const PluginError& e) {
-    std::cerr << "error: " << e.what() << "\n";
-    return kExitUsage;
-  }
+  auto loaded = load_reporting(*vm, registry);
+  if (!loaded) return kExitUsage;
+  const Pipeline& pipeline = *loaded;
+  const bool main_rank = std::getenv("RANK") == nullptr || std::string(std::getenv("RANK")) == "0";
+  if (!vm->count("no-memory-check") && !fits_in_memory(pipeline, !run && main_rank)) return kExitUsage;
   if (!run) {
     std::cout << "ok: " << (*vm)["file"].as<std::string>() << " is valid\n" << pipeline.describe();
     return kExitOk;
@@ -136,6 +164,41 @@ int command_validate(const std::vector<std::string>& args, bool run, bool dry_ru
     std::_Exit(kExitFailure);
   }
   return ok ? kExitOk : kExitFailure;
+}
+
+int command_plan(const std::vector<std::string>& args) {
+  auto options = pipeline_options();
+  options.add_options()("world", po::value<int64_t>(), "ranks to plan for (default: the launcher's WORLD_SIZE, else 1)")(
+      "ranks-per-host", po::value<int64_t>(), "ranks sharing one host's memory (default: all of them)")(
+      "device-memory", po::value<double>(), "GB one rank's device has (default: this machine's)")(
+      "json", "print the plan as JSON");
+  po::positional_options_description positional;
+  positional.add("file", 1);
+  auto vm = parse_flags("plan", options, positional, args,
+                        "FILE [--world N] [--ranks-per-host N] [--device-memory GB] [--json] [--set key.path=value ...]");
+  if (!vm) return kExitOk;
+  apply_plugin_policy(*vm);
+  PlanOptions plan_options;
+  if (vm->count("world")) plan_options.world_size = (*vm)["world"].as<int64_t>();
+  if (vm->count("ranks-per-host")) plan_options.ranks_per_host = (*vm)["ranks-per-host"].as<int64_t>();
+  if (vm->count("device-memory")) plan_options.device_memory_bytes = static_cast<int64_t>((*vm)["device-memory"].as<double>() * 1e9);
+  if (plan_options.world_size < 0 || plan_options.ranks_per_host < 0 || plan_options.device_memory_bytes < 0)
+    throw CommandError("dschat plan: --world, --ranks-per-host and --device-memory must be positive");
+  PluginRegistry registry;
+  auto loaded = load_reporting(*vm, registry);
+  if (!loaded) return kExitUsage;
+  const PipelinePlan plan = plan_pipeline(*loaded, plan_options);
+  const auto refusal = plan_refusal(plan);
+  if (vm->count("json")) {
+    auto j = plan_json(plan);
+    j["fits"] = !refusal.has_value();
+    std::cout << j.dump(2) << "\n";
+  } else {
+    std::cout << describe_plan(plan);
+    if (refusal) std::cout << "does not fit:\n" << *refusal;
+    else std::cout << "fits: every stage's peak is within the memory available\n";
+  }
+  return refusal ? kExitUsage : kExitOk;
 }
 
 int command_plugins(const std::vector<std::string>& args) {
@@ -197,6 +260,7 @@ int cli_main(int argc, char** argv) {
     if (command == "run") return command_validate(rest, /*run=*/true, /*dry_run_allowed=*/true);
     if (command == "validate") return command_validate(rest, /*run=*/false, /*dry_run_allowed=*/false);
     if (command == "plugins") return command_plugins(rest);
+    if (command == "plan") return command_plan(rest);
     if (auto it = extra_commands().find(command); it != extra_commands().end()) return it->second(rest);
     std::cerr << fmt::format("dschat: unknown command '{}'\n\n{}", command, kTopUsage);
     return kExitUsage;

@@ -327,16 +327,7 @@ void check_model_files(const ConfigTable& table, const ModelSpec& spec) {
     // allocated in the model's dtype and never written, so no page of them is touched (check_model_fits bounded
     // their size first).
     try {
-      SkipWeightInit untouched;
-      const auto previous_default = c10::get_default_dtype();
-      if (at::isFloatingType(spec.scalar_type())) c10::set_default_dtype(c10::scalarTypeToTypeMeta(spec.scalar_type()));
-      try {
-        spec.family->build(spec.hf_config, ModelOptions{spec.scalar_type()});
-      } catch (...) {
-        c10::set_default_dtype(previous_default);
-        throw;
-      }
-      c10::set_default_dtype(previous_default);
+      build_untouched(spec);
     } catch (const std::exception& e) {
       problems.push_back(fmt::format("config.json: {}", e.what()));
     }
@@ -350,6 +341,32 @@ void check_model_files(const ConfigTable& table, const ModelSpec& spec) {
 }
 
 }  // namespace
+
+std::shared_ptr<CausalLM> build_untouched(const ModelSpec& spec) {
+  SkipWeightInit untouched;
+  const auto previous_default = c10::get_default_dtype();
+  if (at::isFloatingType(spec.scalar_type())) c10::set_default_dtype(c10::scalarTypeToTypeMeta(spec.scalar_type()));
+  try {
+    auto lm = spec.family->build(spec.hf_config, ModelOptions{spec.scalar_type()});
+    c10::set_default_dtype(previous_default);
+    return lm;
+  } catch (...) {
+    c10::set_default_dtype(previous_default);
+    throw;
+  }
+}
+
+const ModelSpec& root_model(const Pipeline& pipeline, const std::string& reference) {
+  if (auto it = pipeline.models.find(reference); it != pipeline.models.end()) return it->second;
+  for (const auto& stage : pipeline.stages) {
+    if (stage.name != reference) continue;
+    // The stage's first role names the model it trained ("model" or "actor").
+    for (const char* role : {"model", "actor"})
+      if (auto r = stage.roles.find(role); r != stage.roles.end()) return root_model(pipeline, r->second);
+    if (!stage.roles.empty()) return root_model(pipeline, stage.roles.begin()->second);
+  }
+  throw std::invalid_argument(fmt::format("cannot resolve model reference '{}'", reference));
+}
 
 Pipeline load_pipeline(const std::filesystem::path& file, const std::vector<std::string>& overrides,
                        PluginRegistry& registry) {

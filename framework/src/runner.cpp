@@ -1,14 +1,20 @@
 #include "dschat/framework/runner.h"
 
+#include <malloc.h>
+
 #include <chrono>
 #include <filesystem>
 #include <iostream>
 
 #include <fmt/format.h>
+#include <nlohmann/json.hpp>
 
 #include "dschat/framework/data.h"
 #include "dschat/framework/metrics.h"
 #include "dschat/sdk/atomic_file.h"
+#include "dschat/sdk/cpu_allocator.h"
+#include "dschat/sdk/device.h"
+#include "dschat/sdk/memory_plan.h"
 #include "dschat/sdk/distributed.h"
 #include "dschat/sdk/interrupt.h"
 #include "dschat/sdk/tokenizer.h"
@@ -109,17 +115,7 @@ class HostStageContext : public StageContext {
   }
 
  private:
-  const ModelSpec* root_model(const std::string& reference) const {
-    if (auto it = pipeline_.models.find(reference); it != pipeline_.models.end()) return &it->second;
-    for (const auto& stage : pipeline_.stages) {
-      if (stage.name != reference) continue;
-      // The stage's first role names the model it trained ("model" or "actor").
-      for (const char* role : {"model", "actor"})
-        if (auto r = stage.roles.find(role); r != stage.roles.end()) return root_model(r->second);
-      if (!stage.roles.empty()) return root_model(stage.roles.begin()->second);
-    }
-    throw std::invalid_argument(fmt::format("cannot resolve model reference '{}'", reference));
-  }
+  const ModelSpec* root_model(const std::string& reference) const { return &dschat::root_model(pipeline_, reference); }
 
   std::shared_ptr<HostDataSource> data_;  // one per pipeline run, shared by its stages
   mutable bool data_used_ = false;
@@ -199,6 +195,13 @@ RunOutcome run_pipeline(const Pipeline& pipeline, const PluginRegistry& registry
     if (main_rank) remove_stale_temporaries(context.stage_dir());
     comm.barrier();  // no rank saves into the stage before the leftovers are gone
     auto start = std::chrono::steady_clock::now();
+    // The stage's own memory peaks (what `dschat plan` predicts), not the process's since it started: what
+    // earlier stages freed goes back to the kernel first (the allocator's cached blocks, glibc's free heap).
+    empty_cpu_cache();
+    ::malloc_trim(0);
+    const c10::Device device = default_device();
+    const bool resident_reset = reset_peak_resident();
+    reset_peak_device_memory(device);
     // Every stage starts from the pipeline's seed (DeepSpeed-Chat seeds each step's main.py), so what it draws
     // (a new value head, dropout) does not depend on what earlier stages drew or whether they were reused.
     at::manual_seed(static_cast<int64_t>(pipeline.seed));
@@ -220,10 +223,19 @@ RunOutcome run_pipeline(const Pipeline& pipeline, const PluginRegistry& registry
                                comm.size() > 1 ? fmt::format(" on rank {}", comm.rank()) : "", printable_text(e.what()));
       return {};
     }
-    if (main_rank) write_file_atomic(marker, fmt::format("stage {} finished\n", stage.name));
+    const auto peak_resident = static_cast<int64_t>(peak_resident_bytes());
+    const auto peak_device = static_cast<int64_t>(peak_device_memory(device));
+    if (main_rank) {
+      nlohmann::json memory = {{"peak_resident_bytes", peak_resident},
+                               {"peak_resident_since", resident_reset ? "stage start" : "process start"}};
+      if (device.is_cuda()) memory["peak_device_bytes"] = peak_device;
+      write_file_atomic(context.stage_dir() / "memory.json", memory.dump(2) + "\n");
+      write_file_atomic(marker, fmt::format("stage {} finished\n", stage.name));
+    }
     std::chrono::duration<double> took = std::chrono::steady_clock::now() - start;
-    std::cout << fmt::format("[{}/{}] stage {} done in {:.1f}s\n", i + 1, pipeline.stages.size(), stage.name,
-                             took.count());
+    std::cout << fmt::format("[{}/{}] stage {} done in {:.1f}s, peak memory {} resident{}\n", i + 1,
+                             pipeline.stages.size(), stage.name, took.count(), format_bytes(peak_resident),
+                             device.is_cuda() ? fmt::format(", {} on {}", format_bytes(peak_device), device.str()) : "");
   }
   return {true, 0};
 }

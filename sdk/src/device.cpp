@@ -3,6 +3,8 @@
 #include "dschat/sdk/device.h"
 
 #include <atomic>
+#include <fstream>
+#include <string>
 #include <stdexcept>
 
 #include <fmt/format.h>
@@ -79,6 +81,28 @@ at::Device place_on(const std::string& device_option) {
   if (device_option == "auto") return default_device();
   const auto& env = launch_environment();
   return resolve_device(device_option, env.local_rank, env.local_world_size);
+}
+
+namespace {
+// A "Key:   123 kB" line of a /proc file, in bytes; 0 when absent.
+size_t proc_kb_field(const char* file, const std::string& key) {
+  std::ifstream in(file);
+  std::string line;
+  while (std::getline(in, line))
+    if (line.rfind(key, 0) == 0) return static_cast<size_t>(std::stoull(line.substr(key.size()))) * 1024;
+  return 0;
+}
+}  // namespace
+
+size_t resident_bytes() { return proc_kb_field("/proc/self/status", "VmRSS:"); }
+size_t available_host_memory() { return proc_kb_field("/proc/meminfo", "MemAvailable:"); }
+size_t peak_resident_bytes() { return proc_kb_field("/proc/self/status", "VmHWM:"); }
+
+bool reset_peak_resident() {
+  std::ofstream clear_refs("/proc/self/clear_refs");
+  clear_refs << "5";  // 5: reset the peak RSS to the current RSS
+  clear_refs.flush();
+  return static_cast<bool>(clear_refs);
 }
 
 }  // namespace dschat

@@ -10,6 +10,7 @@ void set_current_cuda_device(int) {}  // resolve_device never yields a CUDA devi
 }  // namespace detail
 
 size_t peak_device_memory(c10::Device) { return 0; }
+void reset_peak_device_memory(c10::Device) {}
 void synchronize(c10::Device) {}
 
 std::vector<AcceleratorInfo> list_accelerators(std::string* problem) {

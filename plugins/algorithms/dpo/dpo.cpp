@@ -76,6 +76,16 @@ class Dpo : public Algorithm {
   std::map<std::string, std::string> model_roles() const override {
     return {{"model", options_.model_role_reference}};
   }
+  // The policy trains on chosen + rejected (twice the rows) after the reference scored them without a graph.
+  MemoryNeeds memory_needs(const MemoryNeedsContext& c) const override {
+    MemoryNeeds needs = one_model_memory_needs(options_, c.max_seq_len, 2, /*value_head=*/false);
+    ModelUse reference;
+    reference.name = "reference";
+    reference.role = "model";
+    reference.dtype = options_.dtype;
+    needs.models.push_back(reference);
+    return needs;
+  }
 
   void run(StageContext& context) override {
     auto handle = context.model("model");

@@ -720,11 +720,42 @@ class Ppo : public Algorithm {
     if (!o_.reward.empty()) roles["reward"] = o_.reward;
     return roles;
   }
+  MemoryNeeds memory_needs(const MemoryNeedsContext& c) const override;
   void run(StageContext& context) override { PpoTrainer(o_, context).run(); }
 
  private:
   PpoOptions o_;
 };
+
+// Rollouts of max_prompt_seq_len + max_new_tokens (left-padded prompts, answers up to the generator's limit).
+// With reuse_experience_forwards the first micro-batch's actor and critic graphs live from the experience phase
+// until the training step's backward; without it the actor's training graph is freed before the critic's is made.
+MemoryNeeds Ppo::memory_needs(const MemoryNeedsContext& c) const {
+  MemoryNeeds needs;
+  ModelUse actor{"actor", "", true};
+  actor.lora_dim = o_.actor_lora_dim;
+  actor.only_optimize_lora = o_.only_optimize_lora;
+  actor.gradient_checkpointing = o_.actor_optimizer.gradient_checkpointing;
+  ModelUse critic{"critic", "", true, /*value_head=*/true};
+  critic.lora_dim = o_.critic_lora_dim;
+  critic.only_optimize_lora = o_.only_optimize_lora;
+  critic.gradient_checkpointing = o_.critic_optimizer.gradient_checkpointing;
+  needs.models = {actor, critic, ModelUse{"reference", "", false}};
+  if (!o_.reward.empty()) needs.models.push_back(ModelUse{"reward", "", false, /*value_head=*/true});
+
+  const int64_t G = o_.generation_batch_size, B = o_.training_batch_size;
+  const int64_t answer = c.max_new_tokens, length = c.max_prompt_seq_len + answer;
+  const ForwardLoad actor_graph{"actor", B, length, answer, true}, critic_graph{"critic", B, length, 0, true};
+  needs.phases.push_back({"rollout", {{"actor", G, c.max_prompt_seq_len, 1, false}}, {{"actor", G, length}}});
+  PhaseLoad experience{"experience", {{"reference", G, length, answer, false}}, {}};
+  if (o_.reuse_experience_forwards) experience.forwards.insert(experience.forwards.begin(), {actor_graph, critic_graph});
+  needs.phases.push_back(experience);
+  PhaseLoad training{"training", {actor_graph}, {}};
+  if (o_.reuse_experience_forwards) training.forwards.push_back(critic_graph);
+  needs.phases.push_back(training);
+  if (o_.enable_ptx) needs.phases.push_back({"ptx", {{"actor", B, c.max_seq_len, c.max_seq_len, true}}, {}});
+  return needs;
+}
 
 }  // namespace
 

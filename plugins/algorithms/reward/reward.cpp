@@ -40,6 +40,10 @@ class Reward : public Algorithm {
   }
 
   DataNeeds data_needs() const override { return {Phase::reward, true}; }
+  // Chosen and rejected run as one batch of twice the rows, read through the value head.
+  MemoryNeeds memory_needs(const MemoryNeedsContext& c) const override {
+    return one_model_memory_needs(options_, c.max_seq_len, 2, /*value_head=*/true);
+  }
   std::map<std::string, std::string> model_roles() const override {
     return {{"model", options_.model_role_reference}};
   }

@@ -40,6 +40,9 @@ class Sft : public Algorithm {
   explicit Sft(const ConfigTable& options) : options_(read_train_options(options, {9.65e-6, 0.0})) {}
 
   DataNeeds data_needs() const override { return {Phase::sft, false}; }
+  MemoryNeeds memory_needs(const MemoryNeedsContext& c) const override {
+    return one_model_memory_needs(options_, c.max_seq_len, 1, /*value_head=*/false);
+  }
   std::map<std::string, std::string> model_roles() const override {
     return {{"model", options_.model_role_reference}};
   }

@@ -18,6 +18,15 @@ class DdpStrategy : public dschat::Strategy {
 
   std::string describe() const override { return "ddp, device " + device_; }
 
+  // The partitioned engine at stage 0: an fp32 master and fp32 gradients (reduced in fp32) on every rank.
+  dschat::StatePlacement state_placement(int64_t) const override {
+    dschat::StatePlacement p;
+    p.fp32_master_weights = true;
+    p.fp32_gradients = true;
+    p.gradient_buckets = 3;  // two in flight and the one being filled
+    return p;
+  }
+
   std::unique_ptr<dschat::Engine> make_engine(std::shared_ptr<torch::nn::Module> module,
                                               std::shared_ptr<dschat::CausalLM> lm,
                                               const dschat::OptimizerOptions& options) override {

@@ -35,6 +35,22 @@ class ZeroStrategy : public dschat::Strategy {
                        partitioning_.offload_parameters ? " + parameter offload" : "", device_);
   }
 
+  dschat::StatePlacement state_placement(int64_t world_size) const override {
+    dschat::StatePlacement p;
+    const int stage = partitioning_.zero_stage;
+    p.optimizer_shards = world_size;
+    p.gradient_shards = stage >= 2 ? world_size : 1;
+    p.parameter_shards = stage == 3 ? world_size : 1;
+    p.optimizer_on_host = partitioning_.offload_optimizer;
+    p.parameters_on_host = partitioning_.offload_parameters;
+    p.fp32_master_weights = true;
+    p.fp32_gradients = true;
+    p.recompute_blocks = stage == 3;
+    p.gradient_buckets = 3;  // two in flight and the one being filled
+    p.gathered_blocks = stage == 3 ? (partitioning_.prefetch ? 2 : 1) : 0;
+    return p;
+  }
+
   std::unique_ptr<dschat::Engine> make_engine(std::shared_ptr<torch::nn::Module> module,
                                               std::shared_ptr<dschat::CausalLM> lm,
                                               const dschat::OptimizerOptions& options) override {

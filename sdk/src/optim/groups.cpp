@@ -122,4 +122,24 @@ TrainOptions read_train_options(const ConfigTable& t, const TrainDefaults& defau
   return o;
 }
 
+MemoryNeeds one_model_memory_needs(const TrainOptions& options, int64_t seq_len, int64_t sequences_per_row,
+                                   bool value_head) {
+  MemoryNeeds needs;
+  ModelUse use;
+  use.name = "model";
+  use.trained = true;
+  use.value_head = value_head;
+  use.lora_dim = options.lora_dim;
+  use.only_optimize_lora = options.only_optimize_lora;
+  use.gradient_checkpointing = options.optimizer.gradient_checkpointing;
+  use.dtype = options.dtype;
+  needs.models.push_back(use);
+  const int64_t logits = value_head ? 0 : seq_len;
+  needs.phases.push_back(
+      {"training", {{"model", options.per_device_train_batch_size * sequences_per_row, seq_len, logits, true}}, {}});
+  needs.phases.push_back(
+      {"evaluation", {{"model", options.per_device_eval_batch_size * sequences_per_row, seq_len, logits, false}}, {}});
+  return needs;
+}
+
 }  // namespace dschat

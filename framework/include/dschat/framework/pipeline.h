@@ -68,6 +68,14 @@ struct Pipeline {
   std::string describe() const;  // the plan --dry-run prints
 };
 
+// The [models.*] entry a role's reference descends from: the entry itself, or the model an earlier stage trained
+// (its "model" or "actor" role, followed back). std::invalid_argument when it leads nowhere.
+const ModelSpec& root_model(const Pipeline& pipeline, const std::string& reference);
+
+// The model `spec` describes, built in its dtype with weights allocated and never written (no page touched):
+// what it holds can be counted and its config checked without the cost of the weights.
+std::shared_ptr<CausalLM> build_untouched(const ModelSpec& spec);
+
 // Parses `file`, applies `overrides` (key.path=value), discovers plugins (the pipeline's [plugins].paths first)
 // into `registry`, and validates everything. Throws ConfigError (exit 2) or PluginError.
 Pipeline load_pipeline(const std::filesystem::path& file, const std::vector<std::string>& overrides,

@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "dschat/sdk/data.h"
+#include "dschat/sdk/memory_plan.h"
 #include "dschat/sdk/metrics.h"
 #include "dschat/sdk/model.h"
 #include "dschat/sdk/reward.h"
@@ -68,13 +69,19 @@ struct DataNeeds {
 class Algorithm {
  public:
   static constexpr const char* kind = "algorithm";
-  static constexpr int interface_version = 3;  // 2: data_needs(); 3: StageContext::rewards()
+  static constexpr int interface_version = 4;  // 2: data_needs(); 3: StageContext::rewards(); 4: memory_needs()
   virtual ~Algorithm() = default;
 
   // Model roles this stage reads and what each refers to ("actor" -> "sft", "model" -> "base"), so the host
   // can check references before any work starts and order stages.
   virtual std::map<std::string, std::string> model_roles() const = 0;
   virtual DataNeeds data_needs() const { return {}; }
+  // The models this stage holds and the batches each phase runs, for the memory planner (memory_plan.h). The
+  // default describes nothing: `plan` says so and `run` checks nothing for the stage.
+  virtual MemoryNeeds memory_needs(const MemoryNeedsContext& context) const {
+    (void)context;
+    return {};
+  }
   // Runs the stage. The final model goes to stage_dir()/final as an HF folder; the host marks it complete
   // (and reuses it on the next run) only after run() returns.
   virtual void run(StageContext& context) = 0;

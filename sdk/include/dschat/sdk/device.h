@@ -39,6 +39,19 @@ DSCHAT_SDK_API c10::Device default_device();
 // The most bytes LibTorch's CUDA caching allocator has held allocated on `device` since the process started (its
 // peak statistic); 0 for the CPU and in a CPU build.
 DSCHAT_SDK_API size_t peak_device_memory(c10::Device device);
+// Starts the peak statistic over from what is allocated now (a stage's own peak); a no-op for the CPU.
+DSCHAT_SDK_API void reset_peak_device_memory(c10::Device device);
+
+// This process's resident set now, and the host memory the kernel could still hand out (MemAvailable), in bytes;
+// 0 where the kernel does not say.
+DSCHAT_SDK_API size_t resident_bytes();
+DSCHAT_SDK_API size_t available_host_memory();
+
+// This process's resident-set high-water mark (Linux VmHWM) in bytes; 0 where the kernel does not say.
+DSCHAT_SDK_API size_t peak_resident_bytes();
+// Starts the high-water mark over from the current resident set (/proc/self/clear_refs, Linux 4.0+); false where
+// the kernel refuses, and then peak_resident_bytes() keeps counting from the process start.
+DSCHAT_SDK_API bool reset_peak_resident();
 
 // Waits for the work queued on `device` (its current stream), so a host clock read after it times that work; a
 // no-op for the CPU.

@@ -97,4 +97,10 @@ struct TrainOptions {
 // gradient_checkpointing, max_grad_norm, dtype.
 DSCHAT_SDK_API TrainOptions read_train_options(const ConfigTable& table, const TrainDefaults& defaults);
 
+// The memory needs (memory_plan.h) of a stage that trains one model on rows of seq_len tokens, padded to it as
+// DeepSpeed-Chat pads: `sequences_per_row` per example (2 for chosen/rejected pairs), LM-head logits over every
+// position unless the model is read through a value head; evaluation runs without a graph.
+DSCHAT_SDK_API MemoryNeeds one_model_memory_needs(const TrainOptions& options, int64_t seq_len,
+                                                  int64_t sequences_per_row, bool value_head);
+
 }  // namespace dschat

@@ -24,6 +24,7 @@
 #include <torch/nn/module.h>
 
 #include "dschat/sdk/export.h"
+#include "dschat/sdk/memory_plan.h"
 #include "dschat/sdk/model.h"
 
 namespace dschat {
@@ -134,7 +135,7 @@ class DSCHAT_SDK_API Engine {
 class DSCHAT_SDK_API Strategy {
  public:
   static constexpr const char* kind = "strategy";
-  static constexpr int interface_version = 3;  // 3: ForwardOptions, StepOptions, gradients_overflowed
+  static constexpr int interface_version = 4;  // 3: ForwardOptions, StepOptions, gradients_overflowed; 4: state_placement
   virtual ~Strategy() = default;
 
   virtual std::string describe() const = 0;  // e.g. "zero stage 2, offload optimizer"
@@ -143,6 +144,12 @@ class DSCHAT_SDK_API Strategy {
   // itself (test plugins) keeps the default, which throws.
   virtual std::unique_ptr<Engine> make_engine(std::shared_ptr<torch::nn::Module> module, std::shared_ptr<CausalLM> lm,
                                               const OptimizerOptions& options);
+  // Where this strategy keeps a trained model's states on each of `world_size` ranks, for the memory planner
+  // (dschat/sdk/memory_plan.h). The default: everything whole on every rank, as one process holds it.
+  virtual StatePlacement state_placement(int64_t world_size) const {
+    (void)world_size;
+    return {};
+  }
 };
 
 }  // namespace dschat
