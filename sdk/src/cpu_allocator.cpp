@@ -7,6 +7,7 @@
 // a training loop's recurring shapes hit exactly).
 #include "dschat/sdk/cpu_allocator.h"
 
+#include <algorithm>
 #include <c10/core/Allocator.h>
 #include <c10/core/CPUAllocator.h>
 #include <c10/core/impl/alloc_cpu.h>
@@ -24,6 +25,11 @@ namespace dschat {
 namespace {
 
 constexpr size_t kMinCachedBytes = size_t{128} << 10;  // glibc's initial mmap threshold
+// Cached bytes stay within a quarter of the most ever live at once (and this floor): a recurring loop's blocks
+// come back, while blocks of shapes that do not recur (an evaluation's, a shorter rollout's) cannot pile up past
+// the working set. Without it a 135M-parameter SFT step peaked at 6.6 GB resident for 3.9 GB live.
+constexpr size_t kCacheFloorBytes = size_t{64} << 20;
+constexpr size_t kCacheShareOfPeakLive = 4;
 
 // Block sizes: 4 KiB pages below 1 MiB, 64 KiB steps above.
 size_t round_size(size_t n) {
@@ -50,6 +56,7 @@ class CachingCpuAllocator final : public c10::Allocator {
       std::lock_guard<std::mutex> lock(mutex_);
       live_[data] = size;
       stats_.live_bytes += static_cast<int64_t>(size);
+      peak_live_ = std::max(peak_live_, static_cast<size_t>(stats_.live_bytes));
     }
     return {data, data, &free_block, c10::Device(c10::DeviceType::CPU)};
   }
@@ -69,6 +76,7 @@ class CachingCpuAllocator final : public c10::Allocator {
   void empty_cache() {
     std::lock_guard<std::mutex> lock(mutex_);
     trim_locked(0);
+    peak_live_ = static_cast<size_t>(stats_.live_bytes);  // a new regime (the next stage) sets its own
   }
 
   CpuCacheStats stats() {
@@ -95,6 +103,7 @@ class CachingCpuAllocator final : public c10::Allocator {
     live_[data] = block;
     stats_.cached_bytes -= static_cast<int64_t>(block);
     stats_.live_bytes += static_cast<int64_t>(block);
+    peak_live_ = std::max(peak_live_, static_cast<size_t>(stats_.live_bytes));
     ++stats_.hits;
     return data;
   }
@@ -109,18 +118,23 @@ class CachingCpuAllocator final : public c10::Allocator {
         const size_t size = it->second;
         self.live_.erase(it);
         self.stats_.live_bytes -= static_cast<int64_t>(size);
-        if (size > self.cap_) {
+        const size_t limit = self.limit_locked();
+        if (size > limit) {
           c10::free_cpu(data);
           return;
         }
         // Room for it: the largest cached blocks go first (a new shape regime usually replaces old ones).
-        self.trim_locked(self.cap_ - size);
+        self.trim_locked(limit - size);
         self.free_.emplace(size, data);
         self.stats_.cached_bytes += static_cast<int64_t>(size);
         return;
       }
     }
     c10::free_cpu(data);  // a small block
+  }
+
+  size_t limit_locked() const {
+    return std::min(cap_, std::max(kCacheFloorBytes, peak_live_ / kCacheShareOfPeakLive));
   }
 
   // Frees cached blocks, largest first, until at most `limit` bytes stay cached. Called with mutex_ held.
@@ -135,6 +149,7 @@ class CachingCpuAllocator final : public c10::Allocator {
 
   std::mutex mutex_;
   size_t cap_ = 0;
+  size_t peak_live_ = 0;  // the most large-block bytes live at once since the last empty_cache
   std::unordered_map<void*, size_t> live_;
   std::multimap<size_t, void*> free_;
   CpuCacheStats stats_;

@@ -7,6 +7,7 @@
 #include <c10/core/CPUAllocator.h>
 
 #include <cstdlib>
+#include <vector>
 
 #include "dschat/sdk/cpu_allocator.h"
 
@@ -55,6 +56,21 @@ TEST(CachingCpuAllocator, ReusesFreedLargeBlocksUpToTheCap) {
   EXPECT_EQ(caching_cpu_allocator_stats().cached_bytes, 8 * kMiB);
   empty_cpu_cache();
   EXPECT_EQ(caching_cpu_allocator_stats().cached_bytes, 0);
+  install_caching_cpu_allocator(64 * kMiB);
+}
+
+TEST(CachingCpuAllocator, CachedBytesStayWithinAQuarterOfThePeakLive) {
+  install_caching_cpu_allocator(int64_t{4} << 30);
+  empty_cpu_cache();
+  {
+    std::vector<at::Tensor> live;
+    for (int i = 0; i < 8; ++i) live.push_back(floats(64 * kMiB));  // 512 MiB live at once (pages untouched)
+  }
+  // All freed: a quarter of the 512 MiB peak stays cached, not all of it.
+  EXPECT_EQ(caching_cpu_allocator_stats().cached_bytes, 128 * kMiB);
+  { auto again = floats(64 * kMiB); }  // a recurring shape still comes from the cache
+  EXPECT_EQ(caching_cpu_allocator_stats().cached_bytes, 128 * kMiB);
+  empty_cpu_cache();
   install_caching_cpu_allocator(64 * kMiB);
 }
 
