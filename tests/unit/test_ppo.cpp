@@ -17,6 +17,7 @@
 
 #include "dschat/sdk/rlhf/rewards.h"
 #include "dschat/sdk/rlhf/rollout.h"
+#include "cli_helpers.h"
 #include "plugin_helpers.h"
 #include "dschat/framework/pipeline.h"
 #include "dschat/framework/registry.h"
@@ -184,6 +185,31 @@ TEST(Ppo, ListedRewardsReplaceTheRewardModel) {
   auto eval = values_of(rows, "eval/reward");  // greedy answers: 0 to 3 tokens, so -2 to 0
   ASSERT_FALSE(eval.empty());
   for (double r : eval) EXPECT_LE(r, 1e-9);
+}
+
+// reference_dtype / reward_dtype: the frozen models run in bf16 next to the fp32 actor. On the first rollout the
+// actor equals the reference's weights, so the KL is 0 (to fp32 rounding) with an fp32 reference and only the bf16 rounding
+// of the reference's log-probs makes it nonzero; the plan counts those models at 2 bytes a parameter.
+TEST(Ppo, FrozenModelsRunInBf16WhenAsked) {
+  const fs::path root = fresh_dir("ppo-frozen-bf16");
+  auto file = write_pipeline(root, "max_steps = 1\nreference_dtype = \"bf16\"\nreward_dtype = \"bf16\"\n");
+  auto pipeline = load_pipeline(file, {}, registry());
+  ASSERT_TRUE(run_pipeline(pipeline, registry()));
+  auto kl = values_of(read_metrics(root / "run" / "rlhf"), "kl/mean");
+  ASSERT_EQ(kl.size(), 1u);
+  EXPECT_TRUE(std::isfinite(kl[0]));
+  EXPECT_GT(std::abs(kl[0]), 1e-5);
+
+  const fs::path fp32_root = fresh_dir("ppo-frozen-fp32");
+  auto fp32_pipeline = load_pipeline(write_pipeline(fp32_root, "max_steps = 1\n"), {}, registry());
+  ASSERT_TRUE(run_pipeline(fp32_pipeline, registry()));
+  auto fp32_kl = values_of(read_metrics(fp32_root / "run" / "rlhf"), "kl/mean");
+  ASSERT_EQ(fp32_kl.size(), 1u);
+  EXPECT_LT(std::abs(fp32_kl[0]), 1e-6);
+
+  auto plan = dschat::testing::run_dschat("plan " + file.string());
+  EXPECT_NE(plan.output.find("reference weights (bf16, frozen)"), std::string::npos) << plan.output;
+  EXPECT_NE(plan.output.find("reward weights (bf16, frozen)"), std::string::npos) << plan.output;
 }
 
 // A run interrupted after step 4 and resumed from its checkpoint ends where an uninterrupted run ends: the same

@@ -60,6 +60,9 @@
 //   each group decodes its members' prompts); 0 = the whole run when generation_tensor_parallel, else none
 //   reuse_experience_forwards true -- the first micro-batch's training forwards are its experience forwards (see
 //   above); false runs them twice, as DeepSpeed-Chat does, and frees the experience activations sooner
+//   reference_dtype, reward_dtype (unset: the model's [models.X] dtype) -- "bf16" | "fp16" | "fp32": the frozen
+//   reference and reward models in that dtype, halving their memory next to an fp32 actor and critic (the KL
+//   then compares the actor against a rounded reference: small but not zero on the first rollout)
 //   debug_corrupt_generation_logprobs 0 -- a test hook: added to the generation log-probs before the
 //   consistency check, so tests can prove that the check stops a run.
 // The stage must set `generation = { plugin = ... }`: a plugin cannot create another plugin, so there is no
@@ -141,6 +144,7 @@ struct PpoOptions {
   bool generation_tensor_parallel = false;
   int64_t inference_tp_size = 1;  // ranks per TP generation group (resolved: 1 = no TP rollouts)
   bool reuse_experience_forwards = true;
+  std::optional<at::ScalarType> reference_dtype, reward_dtype;  // frozen models' dtype; unset: their model's
   int64_t checkpoint_interval = 0;  // rollouts between checkpoints (taken after a training flush); 0: none
   int64_t max_nonfinite_steps = 3;  // actor or critic steps in a row skipped for NaN/inf before the stage stops
   double debug_corrupt_generation_logprobs = 0.0;
@@ -224,6 +228,11 @@ PpoOptions read_options(const ConfigTable& t) {
   o.inference_tp_size = tp > 0 ? tp : (o.generation_tensor_parallel ? world_size : 1);
   o.generation_tensor_parallel = o.generation_tensor_parallel || o.inference_tp_size > 1;
   o.reuse_experience_forwards = t.get_bool("reuse_experience_forwards", true);
+  for (auto [key, dtype] : {std::pair{"reference_dtype", &o.reference_dtype}, std::pair{"reward_dtype", &o.reward_dtype}})
+    if (t.has(key)) {
+      const std::string name = t.get_choice(key, {"fp32", "bf16", "fp16"}, "fp32");
+      *dtype = name == "bf16" ? at::kBFloat16 : name == "fp16" ? at::kHalf : at::kFloat;
+    }
   // Test hook: added to the generation log-probs before the consistency check, to prove the check trips.
   o.debug_corrupt_generation_logprobs = t.get_float("debug_corrupt_generation_logprobs", 0.0);
   return o;
@@ -325,11 +334,12 @@ PpoTrainer::PpoTrainer(const PpoOptions& options, StageContext& context)
   // ---- models ----
   actor_ = ctx_.load_model("actor");
   reference_ = ctx_.load_model("reference");
+  if (o_.reference_dtype) reference_->to(*o_.reference_dtype);
   critic_ = std::make_shared<RewardModel>(ctx_.load_model("critic"));
   load_value_head(*critic_, ctx_.model_dir("critic"));
   for (auto& p : reference_->parameters()) p.set_requires_grad(false);
   reference_->eval();
-  rewards_ = std::make_unique<rlhf::RewardSum>(rlhf::stage_rewards(ctx_, o_.reward.empty() ? "" : "reward"),
+  rewards_ = std::make_unique<rlhf::RewardSum>(rlhf::stage_rewards(ctx_, o_.reward.empty() ? "" : "reward", o_.reward_dtype),
                                                tokenizer_);
   add_lora(*actor_, *handle_.family, o_.actor_lora_dim, o_.actor_lora_module_name, "actor", {});
   add_lora(*critic_, *ctx_.model("critic").family, o_.critic_lora_dim, o_.critic_lora_module_name, "critic",
@@ -740,8 +750,12 @@ MemoryNeeds Ppo::memory_needs(const MemoryNeedsContext& c) const {
   critic.lora_dim = o_.critic_lora_dim;
   critic.only_optimize_lora = o_.only_optimize_lora;
   critic.gradient_checkpointing = o_.critic_optimizer.gradient_checkpointing;
-  needs.models = {actor, critic, ModelUse{"reference", "", false}};
-  if (!o_.reward.empty()) needs.models.push_back(ModelUse{"reward", "", false, /*value_head=*/true});
+  ModelUse reference{"reference", "", false};
+  reference.dtype = o_.reference_dtype;
+  ModelUse reward{"reward", "", false, /*value_head=*/true};
+  reward.dtype = o_.reward_dtype;
+  needs.models = {actor, critic, reference};
+  if (!o_.reward.empty()) needs.models.push_back(reward);
 
   const int64_t G = o_.generation_batch_size, B = o_.training_batch_size;
   const int64_t answer = c.max_new_tokens, length = c.max_prompt_seq_len + answer;

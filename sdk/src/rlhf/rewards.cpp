@@ -40,7 +40,8 @@ WeightedReward reward_model_reward(std::shared_ptr<RewardModel> model, double we
   return {"reward-model", weight, std::make_shared<RewardModelScore>(std::move(model))};
 }
 
-std::vector<WeightedReward> stage_rewards(StageContext& context, const std::string& reward_role) {
+std::vector<WeightedReward> stage_rewards(StageContext& context, const std::string& reward_role,
+                                          std::optional<at::ScalarType> reward_dtype) {
   std::vector<WeightedReward> rewards = context.rewards();
   if (!rewards.empty()) return rewards;
   if (reward_role.empty())
@@ -49,6 +50,7 @@ std::vector<WeightedReward> stage_rewards(StageContext& context, const std::stri
                                             context.stage_name()));
   auto model = std::make_shared<RewardModel>(context.load_model(reward_role));
   load_value_head(*model, context.model_dir(reward_role));
+  if (reward_dtype) model->to(*reward_dtype);  // the value head too: it reads the base's final hidden states
   for (auto& p : model->parameters()) p.set_requires_grad(false);
   model->eval();
   return {reward_model_reward(std::move(model))};

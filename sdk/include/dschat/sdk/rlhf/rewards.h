@@ -9,6 +9,7 @@
 //   scores.parts;   // each reward's own [B] scores, for metrics (reward/<name>)
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -38,7 +39,8 @@ DSCHAT_SDK_API WeightedReward reward_model_reward(std::shared_ptr<RewardModel> m
 // The rewards a stage scores with: the ones it lists (StageContext::rewards()), else the model of role
 // `reward_role` loaded as a frozen reward model (value head included; on the host until prepare()). Throws
 // std::invalid_argument when the stage has neither.
-DSCHAT_SDK_API std::vector<WeightedReward> stage_rewards(StageContext& context, const std::string& reward_role);
+DSCHAT_SDK_API std::vector<WeightedReward> stage_rewards(StageContext& context, const std::string& reward_role,
+                                                        std::optional<at::ScalarType> reward_dtype = std::nullopt);
 
 // The data rows behind rollout rows: `examples` are the phase's rows (DataSource::examples), `set` its tokenized
 // rows, `indices` the prompts of the rollout, each `copies` times in a row (rollout_prompts), then `kept` (rows of
