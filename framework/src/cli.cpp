@@ -117,8 +117,7 @@ int command_validate(const std::vector<std::string>& args, bool run, bool dry_ru
   auto loaded = load_reporting(*vm, registry);
   if (!loaded) return kExitUsage;
   const Pipeline& pipeline = *loaded;
-  const bool main_rank = std::getenv("RANK") == nullptr || std::string(std::getenv("RANK")) == "0";
-  if (!vm->count("no-memory-check") && !fits_in_memory(pipeline, !run && main_rank)) return kExitUsage;
+  if (!vm->count("no-memory-check") && !fits_in_memory(pipeline, /*print_summary=*/!run)) return kExitUsage;
   if (!run) {
     std::cout << "ok: " << (*vm)["file"].as<std::string>() << " is valid\n" << pipeline.describe();
     return kExitOk;
