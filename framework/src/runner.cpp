@@ -73,11 +73,15 @@ class HostStageContext : public StageContext {
 
   std::shared_ptr<CausalLM> load_model(const std::string& role) const override {
     ModelHandle handle = model(role);
+    std::shared_ptr<CausalLM> model;
     if (handle.random_init) {
       at::manual_seed(static_cast<int64_t>(pipeline_.seed));
-      return handle.family->build(handle.hf_config, handle.options);
+      model = handle.family->build(handle.hf_config, handle.options);
+    } else {
+      model = handle.family->from_pretrained(handle.dir, handle.options);
     }
-    return handle.family->from_pretrained(handle.dir, handle.options);
+    model->set_family(handle.family);
+    return model;
   }
 
   std::shared_ptr<Tokenizer> tokenizer(const std::string& role) const override {
@@ -206,6 +210,8 @@ RunOutcome run_pipeline(const Pipeline& pipeline, const PluginRegistry& registry
     // (a new value head, dropout) does not depend on what earlier stages drew or whether they were reused.
     at::manual_seed(static_cast<int64_t>(pipeline.seed));
     try {
+      // Ranks that hold one model between them (tp) read the same batches: the stage shards data by replica.
+      set_tensor_parallel_size(stage.strategy.strategy->tensor_parallel_size());
       call_plugin(registry.find(Algorithm::kind, stage.algorithm_name), [&] { stage.algorithm->run(context); });
       context.record_data_counts();
       context.finish();

@@ -7,6 +7,7 @@
 
 #include <ATen/core/grad_mode.h>
 #include <ATen/ops/empty.h>
+#include <torch/csrc/autograd/custom_function.h>
 
 #include "dschat/sdk/distributed.h"
 #include "dschat/sdk/model.h"
@@ -41,29 +42,96 @@ std::function<at::Tensor(at::Tensor)> all_reduce_hook(Communicator* group) {
   };
 }
 
-// Vocab-parallel head: [..., V / n] on each rank -> [..., V], rank r's slice at [r V / n, (r + 1) V / n).
+// [..., V / n] on each rank -> [..., V], rank r's slice at [r V / n, (r + 1) V / n).
+at::Tensor gather_last_dim(const at::Tensor& local, Communicator& group);
+
+// Vocab-parallel head.
 std::function<at::Tensor(at::Tensor)> all_gather_hook(Communicator* group) {
   return [group](at::Tensor local) {
     TORCH_CHECK(!local.requires_grad(), "tensor-parallel shards are inference-only (generation): their "
                                         "collectives are not differentiable");
-    local = local.contiguous();
-    const int64_t n = group->size();
-    auto stacked_sizes = local.sizes().vec();
-    stacked_sizes.insert(stacked_sizes.begin(), n);
-    // Flat on both sides: the contract is by element count, and c10d's Gloo allgather also wants the output's
-    // chunks shaped like the input.
-    auto flat = local.view({-1});
-    auto stacked = at::empty({n * flat.numel()}, local.options());
-    group->all_gather(stacked, flat);
-    auto sizes = local.sizes().vec();
-    sizes.back() *= n;
-    return stacked.view(stacked_sizes).movedim(0, -2).reshape(sizes);  // [n, ..., V / n] -> [..., V]
+    return gather_last_dim(local, *group);
   };
+}
+
+// ---- the differentiable collectives of a trainable shard (Megatron's f and g, and the head's gather) --------
+// The group travels as an integer (a Function's non-tensor arguments must be IValue-storable); it outlives
+// the shard, which outlives its graphs.
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+Communicator* group_of(AutogradContext* ctx) {
+  return reinterpret_cast<Communicator*>(ctx->saved_data["group"].toInt());
+}
+
+// f: the replicated input of a column-parallel layer; each rank's gradient covers its slice only.
+struct EnterGroup : torch::autograd::Function<EnterGroup> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, int64_t group) {
+    ctx->saved_data["group"] = group;
+    return x.clone();  // a Function must not hand its input back as its output
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    at::Tensor g = grads[0].contiguous().clone();
+    group_of(ctx)->all_reduce(g);
+    return {g, at::Tensor()};
+  }
+};
+
+// g: the row-parallel layer's partial products summed; the sum's gradient is every rank's own.
+struct ReduceFromGroup : torch::autograd::Function<ReduceFromGroup> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& partial, int64_t group) {
+    ctx->saved_data["group"] = group;
+    at::Tensor sum = partial.contiguous().clone();
+    reinterpret_cast<Communicator*>(group)->all_reduce(sum);
+    return sum;
+  }
+  static variable_list backward(AutogradContext*, variable_list grads) { return {grads[0], at::Tensor()}; }
+};
+
+// The vocab-parallel head's logits gathered; every rank computes the same loss on them, so its slice of their
+// gradient is its own.
+struct GatherFromGroup : torch::autograd::Function<GatherFromGroup> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& local, int64_t group) {
+    ctx->saved_data["group"] = group;
+    ctx->saved_data["local"] = local.size(-1);
+    return gather_last_dim(local, *reinterpret_cast<Communicator*>(group));
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const int64_t local = ctx->saved_data["local"].toInt();
+    return {grads[0].narrow(-1, group_of(ctx)->rank() * local, local).contiguous(), at::Tensor()};
+  }
+};
+
+int64_t as_int(Communicator* group) { return reinterpret_cast<int64_t>(group); }
+
+at::Tensor gather_last_dim(const at::Tensor& input, Communicator& group) {
+  at::Tensor local = input.contiguous();
+  const int64_t n = group.size();
+  auto stacked_sizes = local.sizes().vec();
+  stacked_sizes.insert(stacked_sizes.begin(), n);
+  // Flat on both sides: the contract is by element count, and c10d's Gloo allgather also wants the output's
+  // chunks shaped like the input.
+  auto flat = local.view({-1});
+  auto stacked = at::empty({n * flat.numel()}, local.options());
+  group.all_gather(stacked, flat);
+  auto sizes = local.sizes().vec();
+  sizes.back() *= n;
+  return stacked.view(stacked_sizes).movedim(0, -2).reshape(sizes);  // [n, ..., V / n] -> [..., V]
+}
+
+std::function<at::Tensor(at::Tensor)> enter_hook(Communicator* group) {
+  return [group](at::Tensor x) { return EnterGroup::apply(x, as_int(group)); };
+}
+std::function<at::Tensor(at::Tensor)> reduce_hook(Communicator* group) {
+  return [group](at::Tensor partial) { return ReduceFromGroup::apply(partial, as_int(group)); };
+}
+std::function<at::Tensor(at::Tensor)> gather_hook(Communicator* group) {
+  return [group](at::Tensor local) { return GatherFromGroup::apply(local, as_int(group)); };
 }
 
 // Ties the spec to the layers: checks that the splits describe Megatron's layout (so that the hooks below are
 // the right ones), then slices the layers' bookkeeping and installs the collectives.
-void restructure(CausalLM& shard, const SplitMap& splits, Communicator& group) {
+void restructure(CausalLM& shard, const SplitMap& splits, Communicator& group, bool trainable) {
   const int64_t rank = group.rank(), size = group.size();
   std::unordered_set<const torch::nn::Module*> in_blocks;
   for (size_t i = 0; i < shard.num_blocks(); ++i) {
@@ -106,12 +174,14 @@ void restructure(CausalLM& shard, const SplitMap& splits, Communicator& group) {
       linear->out_features /= size;
       // Column-parallel layers inside a block feed the local heads / feed-forward slice as they are; a split
       // layer outside the blocks is the vocab-parallel head, whose logits every rank needs whole.
-      if (in_blocks.count(linear) == 0) linear->gather_output = all_gather_hook(&group);
+      if (in_blocks.count(linear) == 0)
+        linear->gather_output = trainable ? gather_hook(&group) : all_gather_hook(&group);
+      if (trainable) linear->enter_parallel = enter_hook(&group);
     } else if (split == TensorSplit::columns) {
       TORCH_CHECK(!linear->bias.defined() || bias_split == TensorSplit::replicated, "tensor_parallel_spec splits '",
                   weight_name, "' by columns, so its bias must be replicated (got ", to_string(bias_split), ")");
       linear->in_features /= size;
-      linear->reduce_partial = all_reduce_hook(&group);
+      linear->reduce_partial = trainable ? reduce_hook(&group) : all_reduce_hook(&group);
     } else {
       TORCH_CHECK(bias_split == TensorSplit::replicated, "tensor_parallel_spec splits '", bias_name,
                   "' but not its weight");
@@ -129,7 +199,7 @@ void copy_slices(CausalLM& shard, const ModelFamily& family, CausalLM& full, boo
 }  // namespace
 
 std::shared_ptr<CausalLM> make_tensor_parallel_shard(const ModelFamily& family, CausalLM& full,
-                                                     Communicator& group) {
+                                                     Communicator& group, const TensorParallelShardOptions& options) {
   const int64_t size = group.size();
   TORCH_CHECK(full.tensor_parallel().size == 1, "make_tensor_parallel_shard: the model is already a shard (rank ",
               full.tensor_parallel().rank, " of ", full.tensor_parallel().size, ")");
@@ -143,6 +213,12 @@ std::shared_ptr<CausalLM> make_tensor_parallel_shard(const ModelFamily& family, 
   const auto spec = family.tensor_parallel_spec(full);
   const SplitMap splits(spec.begin(), spec.end());
   const auto full_params = full.named_parameters();
+  if (options.trainable) {
+    for (const auto& item : full_params) {
+      TORCH_CHECK(!item.key().ends_with(".lora_right_weight"), "tensor-parallel training does not train LoRA "
+                  "adapters ('", item.key(), "'): set lora_dim = 0, or train with a data-parallel strategy");
+    }
+  }
   auto is_adapter = [](const std::string& name) {  // the shard carries none: they are folded into the slices
     return name.ends_with(".lora_right_weight") || name.ends_with(".lora_left_weight");
   };
@@ -163,11 +239,12 @@ std::shared_ptr<CausalLM> make_tensor_parallel_shard(const ModelFamily& family, 
     SkipWeightInit skip;
     shard = family.build(full.hf_config(), ModelOptions{});
   }
-  restructure(*shard, splits, group);
+  restructure(*shard, splits, group, options.trainable);
   shard->set_tensor_parallel({group.rank(), group.size()});
-  for (auto& parameter : shard->parameters()) parameter.set_requires_grad(false);
+  for (auto& item : shard->named_parameters())
+    item.value().set_requires_grad(options.trainable && full_params[item.key()].requires_grad());
   copy_slices(*shard, family, full, /*first=*/true);
-  shard->eval();
+  shard->train(options.trainable && full.is_training());
   return shard;
 }
 
@@ -218,6 +295,34 @@ void copy_slices(CausalLM& shard, const ModelFamily& family, CausalLM& full, boo
 
 void refresh_tensor_parallel_shard(CausalLM& shard, const ModelFamily& family, CausalLM& full) {
   copy_slices(shard, family, full, /*first=*/false);
+}
+
+void gather_tensor_parallel_shard(CausalLM& shard, const ModelFamily& family, CausalLM& full, Communicator& group) {
+  TORCH_CHECK(shard.tensor_parallel().size == group.size() && shard.tensor_parallel().rank == group.rank(),
+              "gather_tensor_parallel_shard: the shard is rank ", shard.tensor_parallel().rank, " of ",
+              shard.tensor_parallel().size, ", the group's rank ", group.rank(), " of ", group.size());
+  at::NoGradGuard no_grad;
+  const auto spec = family.tensor_parallel_spec(full);
+  const SplitMap splits(spec.begin(), spec.end());
+  auto full_params = full.named_parameters();
+  for (const auto& item : shard.named_parameters()) {
+    at::Tensor* target = full_params.find(item.key());
+    TORCH_CHECK(target != nullptr, "gather_tensor_parallel_shard: the full model has no parameter '", item.key(), "'");
+    const auto split = split_of(splits, item.key());
+    at::Tensor whole = item.value().detach();
+    if (split == TensorSplit::rows) {  // [n, rows / n, ...] stacked is the rows in order
+      at::Tensor stacked = at::empty({group.size() * whole.numel()}, whole.options());
+      group.all_gather(stacked, whole.contiguous().view({-1}));
+      auto sizes = whole.sizes().vec();
+      sizes[0] *= group.size();
+      whole = stacked.view(sizes);
+    } else if (split == TensorSplit::columns) {
+      whole = gather_last_dim(whole, group);
+    }
+    TORCH_CHECK(whole.sizes() == target->sizes(), "gather_tensor_parallel_shard: '", item.key(), "' gathers to ",
+                whole.sizes(), ", the full model has ", target->sizes());
+    target->copy_(whole);
+  }
 }
 
 }  // namespace dschat

@@ -130,10 +130,16 @@ const std::map<std::string, std::vector<double>>& reference_losses() {
 // near 0.4 Adam's normalised steps make more sensitive.
 constexpr double kLossTolerance = 1e-3;
 
-void expect_same_losses_as_single_process(const std::string& name, const std::string& strategy) {
+// `ranks` processes with per-device batch `per_device` and accumulation `accumulation`: the caller picks them so
+// that each optimizer step sees the reference's global batch of 8.
+void expect_same_losses_as_single_process(const std::string& name, const std::string& strategy, int ranks = 2,
+                                          int per_device = 4, int accumulation = 1) {
   const auto& reference = reference_losses();
-  auto file = write_pipeline(name, strategy, 4, 1);
-  auto result = run_two_ranks(file);
+  auto file = write_pipeline(name, strategy, per_device, accumulation);
+  auto result = ranks == 2 ? run_two_ranks(file)
+                           : run_command(fmt::format("OMP_NUM_THREADS=1 {} --standalone --nproc-per-node {} "
+                                                     "--no-python {} run {}",
+                                                     torchrun(), ranks, DSCHAT_EXE, file.string()));
   ASSERT_EQ(result.exit_code, 0) << result.output;
   for (const char* stage : {"sft", "rm"}) {
     auto losses = metric(out_root() / name / stage, "train/loss");
@@ -215,6 +221,23 @@ TEST(TwoRanks, Zero3OffloadMatchesOneProcess) {
       "zero3-offload", "plugin = \"zero\"\nstage = 3\noffload_optimizer = true\noffload_parameters = true");
 }
 
+// Tensor parallelism: both ranks hold half of every block and of the (tied) head's neighbours, read the same
+// batches (one replica: batch 4 x accumulation 2, as the reference), and train the reward model's value head
+// alongside. Then 2 x 2: two replicas of two TP ranks, each replica reading its own batches of 4.
+TEST(TwoRanks, TensorParallelMatchesOneProcess) {
+  expect_same_losses_as_single_process("tp", "plugin = \"tp\"", 2, 4, 2);
+  // Each rank holds about half the weights (norms, embeddings and biases are whole on both).
+  auto dir = out_root() / "tp" / "sft";
+  auto params = metric(dir, "memory/rank0/parameter_bytes"), optimizer = metric(dir, "memory/rank1/optimizer_bytes");
+  auto single = metric(out_root() / "single" / "sft", "memory/rank0/parameter_bytes");
+  ASSERT_FALSE(params.empty() || single.empty() || optimizer.empty());
+  EXPECT_LT(params.front(), single.front() * 0.75);
+  EXPECT_TRUE(fs::exists(out_root() / "tp" / "rm" / "final" / "value_head.safetensors"));
+}
+TEST(FourRanks, TensorParallelTimesDataParallelMatchesOneProcess) {
+  expect_same_losses_as_single_process("tp2x2", "plugin = \"tp\"\ntp_size = 2", 4, 4, 1);
+}
+
 // DESIGN §6: per-rank memory falls stage by stage (ZeRO's 2 ranks: optimizer / 2, then gradients / 2, then
 // parameters / 2), as recorded by each run above.
 TEST(TwoRanks, MemoryFallsStageByStage) {
@@ -282,6 +305,30 @@ TEST(TwoRanks, PpoRolloutsWithTensorParallelGeneration) {
   auto diffs = metric(out_root() / "ppo-tp" / "rlhf", "consistency/max_abs_diff");
   ASSERT_EQ(diffs.size(), 2u);
   for (double d : diffs) EXPECT_LT(d, 1e-4) << "TP=2 generation vs the whole actor's training path";
+}
+
+// PPO (with the EMA) trained under tensor parallelism: one replica of two ranks generates, scores and trains on
+// exactly what one process does with the same batches (the same rollout seed, the gathered actor), so its
+// metrics are the single process's to float rounding.
+TEST(TwoRanks, PpoUnderTensorParallelTrainingMatchesOneProcess) {
+  const std::string ema = "hooks = [{ plugin = \"ema\", beta = 0.992 }]";
+  auto single = write_ppo_pipeline("ppo-single", "plugin = \"single\"", ema);
+  auto reference = run_dschat("run " + single.string());
+  ASSERT_EQ(reference.exit_code, 0) << reference.output;
+  auto file = write_ppo_pipeline("ppo-tp-train", "plugin = \"tp\"", ema);
+  auto result = run_two_ranks(file);
+  ASSERT_EQ(result.exit_code, 0) << result.output;
+  const auto stage = out_root() / "ppo-tp-train" / "rlhf";
+  EXPECT_TRUE(fs::exists(stage / "final" / "COMPLETE"));
+  EXPECT_TRUE(fs::exists(stage / "ema" / "config.json"));
+  for (double d : metric(stage, "consistency/max_abs_diff")) EXPECT_LT(d, 1e-3);
+  for (const char* tag : {"reward/mean", "kl/mean", "actor/loss", "critic/loss", "eval/reward", "eval/ema_reward"}) {
+    auto mine = metric(stage, tag), theirs = metric(out_root() / "ppo-single" / "rlhf", tag);
+    ASSERT_EQ(mine.size(), theirs.size()) << tag;
+    ASSERT_FALSE(mine.empty()) << tag;
+    for (size_t i = 0; i < mine.size(); ++i)
+      EXPECT_NEAR(mine[i], theirs[i], 1e-3 * std::max(1.0, std::abs(theirs[i]))) << tag << " #" << i;
+  }
 }
 
 // TP x DP rollouts (DeepSpeed-Chat's inference_tp_size): 4 ranks as 2 TP groups of 2 ({0,1}, {2,3}); each group

@@ -57,7 +57,9 @@
 //   generation_tensor_parallel false -- the hybrid engine's TP rollouts: every rank holds a Megatron shard of
 //   the actor (all ranks form one TP group), the ranks' prompts are generated together and each keeps its rows
 //   inference_tp_size 0 -- DeepSpeed-Chat's flag: TP rollouts in groups of this many adjacent ranks (TP x DP:
-//   each group decodes its members' prompts); 0 = the whole run when generation_tensor_parallel, else none
+//   each group decodes its members' prompts); 0 = the whole run when generation_tensor_parallel, else none.
+//   Both are for data-parallel strategies: under strategy 'tp' the actor and critic train split already, and a
+//   replica's ranks generate the same rollouts on the gathered actor
 //   reuse_experience_forwards true -- the first micro-batch's training forwards are its experience forwards (see
 //   above); false runs them twice, as DeepSpeed-Chat does, and frees the experience activations sooner
 //   reference_dtype, reward_dtype (unset: the model's [models.X] dtype) -- "bf16" | "fp16" | "fp32": the frozen
@@ -317,6 +319,11 @@ PpoTrainer::PpoTrainer(const PpoOptions& options, StageContext& context)
       train_(context.data().tokenized(Phase::ppo, false, *tokenizer_)),
       actor_nonfinite_(context.stage_name(), options.max_nonfinite_steps),
       critic_nonfinite_(context.stage_name(), options.max_nonfinite_steps) {
+  // Under the tp strategy the ranks of a replica train one actor together: they read the same prompts and, with
+  // the rollout's seed shared, sample the same answers from the same gathered weights.
+  TORCH_CHECK(data_parallel().tensor_parallel_size == 1 || !o_.generation_tensor_parallel, "stage ", stage_,
+              ": generation_tensor_parallel / inference_tp_size re-shard the actor of a data-parallel strategy for "
+              "rollouts; under strategy 'tp' the actor is split already (leave both unset)");
   Generator* generator = ctx_.generator();
   if (generator == nullptr)
     throw std::invalid_argument(fmt::format(
@@ -349,7 +356,8 @@ PpoTrainer::PpoTrainer(const PpoOptions& options, StageContext& context)
   // / accumulation), capped by max_steps.
   const int64_t global_prompt_batches = (static_cast<int64_t>(train_.size()) + o_.generation_batch_size - 1) /
                                         o_.generation_batch_size;
-  const int64_t prompt_batches = (global_prompt_batches + comm_.size() - 1) / comm_.size();  // this rank's share
+  const int64_t replicas = data_parallel().size;
+  const int64_t prompt_batches = (global_prompt_batches + replicas - 1) / replicas;  // this replica's share
   const int64_t micro_per_rollout = (o_.generation_batch_size + o_.training_batch_size - 1) / o_.training_batch_size;
   total_steps_ = o_.epochs * prompt_batches * micro_per_rollout * o_.ppo_epochs / o_.gradient_accumulation_steps;
   total_steps_ = std::max<int64_t>(total_steps_, 1);
@@ -617,9 +625,11 @@ void PpoTrainer::flush(std::vector<Experience>& buffer) {
     // Generation as DeepSpeed-Chat counts it: forward-only (k = 1) over the whole sequence.
     gen_flops += megatron_flops(1.0, static_cast<double>(e.prompts), static_cast<double>(e.seq.size(1)), dims);
   }
-  reward_sum = comm_.sum(reward_sum);
-  kl_sum = comm_.sum(kl_sum);
-  rollout_rows = comm_.sum(rollout_rows);
+  // Each replica's rollouts once (the ranks of a tensor-parallel replica hold the same ones).
+  const double copies = data_parallel().tensor_parallel_size;
+  reward_sum = comm_.sum(reward_sum) / copies;
+  kl_sum = comm_.sum(kl_sum) / copies;
+  rollout_rows = comm_.sum(rollout_rows) / copies;
   auto t0 = Clock::now();
   TrainStats s = train_step(buffer);
   const double train_s = seconds_since(t0, device_);
@@ -668,9 +678,10 @@ void PpoTrainer::run() {
   const fs::path checkpoints = ctx_.stage_dir() / "checkpoints";
   std::vector<Experience> buffer;
   for (int64_t epoch = start_epoch; epoch < o_.epochs && !stop_; ++epoch) {
+    const auto replica = data_parallel();
     const auto batches = rank_batches(
         epoch_batches(static_cast<int64_t>(train_.size()), o_.generation_batch_size, ctx_.seed(), epoch),
-        comm_.rank(), comm_.size());
+        replica.rank, replica.size);
     for (size_t b = epoch == start_epoch ? static_cast<size_t>(start_batch) : 0; b < batches.size(); ++b) {
       if (stop_) break;
       auto e = generate_experience(batches[b], buffer.empty());

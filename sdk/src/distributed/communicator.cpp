@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdlib>
 #include <iostream>
@@ -518,5 +519,22 @@ Communicator& world() {
 }
 
 const LaunchEnvironment& launch_environment() { return world_environment; }
+
+namespace {
+std::atomic<int> ranks_per_replica{1};
+}
+
+void set_tensor_parallel_size(int size) {
+  if (size < 1 || world().size() % size != 0)
+    throw std::invalid_argument(fmt::format("tensor-parallel size {} does not divide the {} ranks", size,
+                                            world().size()));
+  ranks_per_replica = size;
+}
+
+DataParallelPlacement data_parallel() {
+  const int tp = ranks_per_replica;
+  auto& comm = world();
+  return {comm.rank() / tp, comm.size() / tp, tp};
+}
 
 }  // namespace dschat

@@ -19,7 +19,7 @@ LoraLinearImpl::LoraLinearImpl(int64_t in_features, int64_t out_features, bool w
 }
 
 at::Tensor LoraLinearImpl::forward(const at::Tensor& x) {
-  if (reduce_partial || gather_output) return forward_parallel(x);
+  if (reduce_partial || gather_output || enter_parallel) return forward_parallel(x);
   // fast_linear: the decode-step kernel for a few rows without autograd, at::linear otherwise.
   auto y = fast_linear(x, weight, bias);
   if (has_lora() && !fused_) {
@@ -32,7 +32,7 @@ at::Tensor LoraLinearImpl::forward(const at::Tensor& x) {
 std::vector<at::Tensor> forward_group(const at::Tensor& x, std::initializer_list<LoraLinearImpl*> layers) {
   std::vector<at::Tensor> weights, biases;
   for (const auto* layer : layers) {
-    if (layer->reduce_partial || layer->gather_output || (layer->has_lora() && !layer->fused()) ||
+    if (layer->reduce_partial || layer->gather_output || layer->enter_parallel || (layer->has_lora() && !layer->fused()) ||
         !use_skinny_linear(x, layer->weight, layer->bias))
       break;
     weights.push_back(layer->weight);
@@ -44,9 +44,10 @@ std::vector<at::Tensor> forward_group(const at::Tensor& x, std::initializer_list
   return outputs;
 }
 
-at::Tensor LoraLinearImpl::forward_parallel(const at::Tensor& x) {
-  // Shards are built for generation and carry no adapter (the actor's LoRA is folded into the sliced weights).
+at::Tensor LoraLinearImpl::forward_parallel(const at::Tensor& input) {
+  // Shards carry no adapter (the actor's LoRA is folded into the sliced weights).
   TORCH_CHECK(!has_lora() || fused_, "a tensor-parallel linear layer cannot run an unfused LoRA adapter");
+  const at::Tensor x = enter_parallel ? enter_parallel(input) : input;
   at::Tensor y;
   if (reduce_partial) {
     y = reduce_partial(fast_linear(x, weight));

@@ -47,9 +47,9 @@ const char* dtype_label(at::ScalarType t) {
 class LocalEngine : public Engine {
  public:
   LocalEngine(std::shared_ptr<torch::nn::Module> module, std::shared_ptr<CausalLM> lm, const OptimizerOptions& options,
-              at::Device device, std::string description)
+              at::Device device, std::string description, GradientSync sync)
       : module_(std::move(module)), lm_(std::move(lm)), options_(options), device_(device),
-        description_(std::move(description)) {
+        description_(std::move(description)), sync_(std::move(sync)) {
     TORCH_CHECK(module_ && lm_, "make_engine: module and lm are required");
     TORCH_CHECK(options_.gradient_accumulation_steps >= 1, "gradient_accumulation_steps must be >= 1");
     module_->to(device_);
@@ -158,14 +158,27 @@ class LocalEngine : public Engine {
     }
 
     std::vector<at::Tensor> with_grad;
+    std::vector<std::string> names;
     for (size_t i = 0; i < params_.size(); ++i) {
       const at::Tensor& g = params_[i].param.grad();
       if (!g.defined()) continue;
       if (mixed_) masters_[i].mutable_grad() = g.to(at::kFloat);
       if (loss_scale_.scale() != 1.0) masters_[i].mutable_grad().div_(loss_scale_.scale());
       with_grad.push_back(masters_[i]);
+      names.push_back(params_[i].name);
     }
-    if (!with_grad.empty()) {
+    if (sync_.average || sync_.squared_norm) {
+      std::vector<at::Tensor> grads;
+      for (const auto& m : with_grad) grads.push_back(m.grad());
+      if (sync_.average) sync_.average(grads);
+      if (sync_.squared_norm) {  // clip_grad_norm_'s factor, from the whole model's norm
+        result.grad_norm = std::sqrt(sync_.squared_norm(names, grads));
+        const double factor = options_.max_grad_norm / (result.grad_norm + 1e-6);
+        if (options_.max_grad_norm > 0 && factor < 1.0)
+          for (auto& g : grads) g.mul_(factor);
+      }
+    }
+    if (!with_grad.empty() && !sync_.squared_norm) {
       if (options_.max_grad_norm > 0) {
         result.grad_norm = torch::nn::utils::clip_grad_norm_(with_grad, options_.max_grad_norm);
       } else {
@@ -330,6 +343,7 @@ class LocalEngine : public Engine {
   OptimizerOptions options_;
   at::Device device_;
   std::string description_;
+  GradientSync sync_;
   std::vector<NamedParam> params_;
   std::vector<at::Tensor> masters_;  // fp32 copies for bf16/fp16 models, else the parameters themselves
   struct Group {
@@ -371,9 +385,9 @@ class LocalEngine : public Engine {
 
 std::unique_ptr<Engine> make_local_engine(std::shared_ptr<torch::nn::Module> module, std::shared_ptr<CausalLM> lm,
                                           const OptimizerOptions& options, at::Device device,
-                                          std::string strategy_description) {
+                                          std::string strategy_description, GradientSync sync) {
   return std::make_unique<LocalEngine>(std::move(module), std::move(lm), options, device,
-                                       std::move(strategy_description));
+                                       std::move(strategy_description), std::move(sync));
 }
 
 }  // namespace dschat

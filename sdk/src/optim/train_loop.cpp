@@ -42,7 +42,7 @@ std::vector<std::vector<int64_t>> rank_batches(std::vector<std::vector<int64_t>>
 }
 
 int64_t total_optimizer_steps(const TrainOptions& options, int64_t num_examples) {
-  const int64_t world_size = world().size();
+  const int64_t world_size = data_parallel().size;  // replicas, each reading its own batches
   const int64_t global_batches =
       (num_examples + options.per_device_train_batch_size - 1) / options.per_device_train_batch_size;
   const int64_t batches = (global_batches + world_size - 1) / world_size;  // this rank's share
@@ -206,8 +206,9 @@ void run_train_loop(StageContext& context, Engine& engine, const TrainOptions& o
   NonFiniteGuard nonfinite(context.stage_name(), options.max_nonfinite_steps);
   engine.train(true);
   for (int64_t epoch = start_epoch; epoch < options.epochs && engine.global_step() < total; ++epoch) {
+    const auto replica = data_parallel();
     auto batches = rank_batches(epoch_batches(num_examples, options.per_device_train_batch_size, context.seed(), epoch),
-                                comm.rank(), comm.size());
+                                replica.rank, replica.size);
     const int64_t first = epoch == start_epoch ? start_batch : 0;
     for (int64_t b = first; b < static_cast<int64_t>(batches.size()) && engine.global_step() < total; ++b) {
       auto [loss, n] = callbacks.micro_batch(batches[b]);
@@ -235,7 +236,8 @@ void run_train_loop(StageContext& context, Engine& engine, const TrainOptions& o
       if (step.applied) call_hooks([&](Hook& hook) { hook.after_optimizer_step(engine.model(), {s}); });
       // Averaged over the ranks: the loss of the global batch, as one process with accumulation would report.
       const double mean_loss = comm.mean(loss_sum / static_cast<double>(std::max<int64_t>(loss_count, 1)));
-      tokens = static_cast<int64_t>(comm.sum(static_cast<double>(tokens)));
+      // Each replica's tokens once (the ranks of a tensor-parallel replica all read them).
+      tokens = static_cast<int64_t>(comm.sum(static_cast<double>(tokens)) / data_parallel().tensor_parallel_size);
       metrics.scalar("train/loss", mean_loss, s);
       metrics.scalar("train/lr", step.lr, s);
       metrics.scalar("train/grad_norm", step.grad_norm, s);

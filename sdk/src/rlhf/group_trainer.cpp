@@ -159,6 +159,8 @@ GroupTrainer::GroupTrainer(const GroupTrainerOptions& options, StageContext& con
       metrics_(context.metrics()), handle_(context.model("actor")), tokenizer_(context.tokenizer("actor")),
       train_(context.data().tokenized(Phase::ppo, false, *tokenizer_)),
       nonfinite_(context.stage_name(), options.max_nonfinite_steps) {
+  // Under the tp strategy a replica's ranks read the same prompts and, with the rollout's seed shared, sample the
+  // same answers from the same gathered actor (data_parallel() shards the prompts by replica).
   Generator* generator = ctx_.generator();
   if (generator == nullptr)
     throw std::invalid_argument(fmt::format("stage {}: {} samples answers with the stage's generation plugin; add "
@@ -179,7 +181,7 @@ GroupTrainer::GroupTrainer(const GroupTrainerOptions& options, StageContext& con
   int64_t micro_per_epoch = 0;
   for (const auto& batch : rank_batches(epoch_batches(static_cast<int64_t>(train_.size()), o_.prompts_per_rollout,
                                                       ctx_.seed(), 0),
-                                        comm_.rank(), comm_.size())) {
+                                        data_parallel().rank, data_parallel().size)) {
     const int64_t rows = static_cast<int64_t>(batch.size()) * o_.num_samples;
     micro_per_epoch += (rows + o_.training_batch_size - 1) / o_.training_batch_size;
   }
@@ -366,8 +368,8 @@ void GroupTrainer::run() {
   ctx_.progress().start(stage_, total_steps_);
   for (int64_t epoch = start_epoch; epoch < o_.epochs && !stop_; ++epoch) {
     const auto batches = rank_batches(
-        epoch_batches(static_cast<int64_t>(train_.size()), o_.prompts_per_rollout, ctx_.seed(), epoch), comm_.rank(),
-        comm_.size());
+        epoch_batches(static_cast<int64_t>(train_.size()), o_.prompts_per_rollout, ctx_.seed(), epoch),
+        data_parallel().rank, data_parallel().size);
     for (size_t b = epoch == start_epoch ? static_cast<size_t>(start_batch) : 0; b < batches.size() && !stop_; ++b) {
       GroupExperience e = generate_experience(batches[b]);
       ++rollout_;

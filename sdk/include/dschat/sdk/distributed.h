@@ -153,4 +153,16 @@ DSCHAT_SDK_API void init_world(const LaunchEnvironment& env, const DistributedOp
 DSCHAT_SDK_API Communicator& world();
 DSCHAT_SDK_API const LaunchEnvironment& launch_environment();
 
+// This rank's place among the data-parallel replicas of the running stage: each rank is a replica of its own
+// (world rank and size) unless the stage's strategy splits every model over groups of adjacent ranks
+// (Strategy::tensor_parallel_size(): the `tp` strategy), whose members read the same batches. Stages shard
+// their data by it. The host sets the size before each stage; world().size() must be a multiple of it.
+struct DataParallelPlacement {
+  int rank = 0;
+  int size = 1;
+  int tensor_parallel_size = 1;  // ranks per replica
+};
+DSCHAT_SDK_API DataParallelPlacement data_parallel();
+DSCHAT_SDK_API void set_tensor_parallel_size(int ranks_per_replica);
+
 }  // namespace dschat

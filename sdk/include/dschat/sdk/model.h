@@ -26,6 +26,7 @@ namespace dschat {
 namespace safetensors {
 class CheckpointReader;
 }
+class ModelFamily;
 
 // Shapes a strategy or generator needs without knowing the family.
 struct ModelDims {
@@ -92,6 +93,11 @@ class DSCHAT_SDK_API CausalLM : public torch::nn::Module {
   const TensorParallelPlacement& tensor_parallel() const { return tensor_parallel_; }
   void set_tensor_parallel(TensorParallelPlacement placement) { tensor_parallel_ = placement; }
 
+  // The family that built this model, set by the host when it loads a stage's model (null for models built
+  // directly, e.g. in tests): what a strategy that re-lays the model out (tp) asks for its partition spec.
+  std::shared_ptr<const ModelFamily> family() const { return family_; }
+  void set_family(std::shared_ptr<const ModelFamily> family) { family_ = std::move(family); }
+
  protected:
   // Called once by the family's constructor with the blocks it registered (under its own names).
   void set_blocks(std::vector<std::shared_ptr<DecoderBlock>> blocks) { blocks_ = std::move(blocks); }
@@ -102,6 +108,7 @@ class DSCHAT_SDK_API CausalLM : public torch::nn::Module {
   std::string model_type_;
   std::vector<std::shared_ptr<DecoderBlock>> blocks_;
   TensorParallelPlacement tensor_parallel_;
+  std::shared_ptr<const ModelFamily> family_;
   // Set by forward() for the duration of a static-cache step, read by the base prepare(): families call it from
   // their own prepare() with the same signature, so the position of the column being written reaches them here.
   at::Tensor static_write_position_;

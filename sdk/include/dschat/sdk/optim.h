@@ -64,9 +64,20 @@ DSCHAT_SDK_API at::Tensor checkpointed(std::function<at::Tensor(const at::Tensor
 // recomputation of checkpointed blocks), while bf16 weights halve parameter memory and match what DeepSpeed-Chat
 // runs with --dtype bf16. The checkpointing Function still saves and restores the autocast state, so a caller
 // that enables autocast itself gets the same casts in the recomputation.
+//
+// `sync` is for a model split over ranks (the tp strategy): at each boundary, once the fp32 gradients are
+// unscaled and before they are clipped, `average` (when set) averages them over the data-parallel replicas, and
+// `squared_norm` (when set) gives the squared norm of the whole model's gradient from this rank's part, so that
+// every rank clips by the same factor.
+struct GradientSync {
+  std::function<void(const std::vector<at::Tensor>& grads)> average;
+  // `names` and `grads` in trainable_parameters() order, parameters without a gradient left out.
+  std::function<double(const std::vector<std::string>& names, const std::vector<at::Tensor>& grads)> squared_norm;
+};
 DSCHAT_SDK_API std::unique_ptr<Engine> make_local_engine(std::shared_ptr<torch::nn::Module> module,
                                                          std::shared_ptr<CausalLM> lm, const OptimizerOptions& options,
-                                                         at::Device device, std::string strategy_description);
+                                                         at::Device device, std::string strategy_description,
+                                                         GradientSync sync = {});
 
 // ---- options every training algorithm reads ----------------------------------------------------------------
 struct TrainDefaults {

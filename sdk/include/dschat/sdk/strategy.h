@@ -135,7 +135,8 @@ class DSCHAT_SDK_API Engine {
 class DSCHAT_SDK_API Strategy {
  public:
   static constexpr const char* kind = "strategy";
-  static constexpr int interface_version = 4;  // 3: ForwardOptions, StepOptions, gradients_overflowed; 4: state_placement
+  // 3: ForwardOptions, StepOptions, gradients_overflowed; 4: state_placement; 5: tensor_parallel_size
+  static constexpr int interface_version = 5;
   virtual ~Strategy() = default;
 
   virtual std::string describe() const = 0;  // e.g. "zero stage 2, offload optimizer"
@@ -150,6 +151,9 @@ class DSCHAT_SDK_API Strategy {
     (void)world_size;
     return {};
   }
+  // Adjacent ranks that hold one replica of each trained model between them and read the same batches (1: every
+  // rank is a replica; see data_parallel() in distributed.h).
+  virtual int tensor_parallel_size() const { return 1; }
 };
 
 }  // namespace dschat

@@ -32,8 +32,8 @@ DSCHAT_SDK_API std::vector<std::vector<int64_t>> epoch_batches(int64_t count, in
 DSCHAT_SDK_API std::vector<std::vector<int64_t>> rank_batches(std::vector<std::vector<int64_t>> batches, int rank,
                                                               int world_size);
 
-// Optimizer steps of the whole stage on each rank: epochs * ceil(ceil(batches / world size) / accumulation),
-// capped by max_steps.
+// Optimizer steps of the whole stage on each rank: epochs * ceil(ceil(batches / replicas) / accumulation),
+// capped by max_steps; replicas = data_parallel().size (the world size unless a strategy splits models).
 DSCHAT_SDK_API int64_t total_optimizer_steps(const TrainOptions& options, int64_t num_examples);
 
 // Prints what this rank holds for `engine` (parameters, gradients, optimizer states) and records every rank's

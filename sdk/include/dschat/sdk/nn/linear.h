@@ -48,7 +48,9 @@ class DSCHAT_SDK_API LoraLinearImpl : public torch::nn::Module {
   // reduce_partial: a row-parallel layer holds a slice of the input features, so x W^T is a partial sum; this
   //   sums it across the group, and the (replicated) bias is added once, after it.
   // gather_output: a vocab-parallel head holds a slice of the output features; this concatenates the ranks'.
-  std::function<at::Tensor(at::Tensor)> reduce_partial, gather_output;
+  // enter_parallel: a column-parallel layer of a trainable shard reads the replicated input as it is; this is
+  //   Megatron's "f" (identity forward, the input's gradient summed across the group in backward).
+  std::function<at::Tensor(at::Tensor)> reduce_partial, gather_output, enter_parallel;
 
  private:
   at::Tensor forward_parallel(const at::Tensor& x);
