@@ -234,6 +234,37 @@ TEST(TwoRanks, TensorParallelMatchesOneProcess) {
   EXPECT_LT(params.front(), single.front() * 0.75);
   EXPECT_TRUE(fs::exists(out_root() / "tp" / "rm" / "final" / "value_head.safetensors"));
 }
+// A TP checkpoint holds one folder per TP rank; resuming from it continues exactly where the run was (the
+// steps after it repeat the uninterrupted run's losses), and another tp_size is refused, naming both.
+TEST(TwoRanks, TensorParallelCheckpointResumesTheSameRun) {
+  auto file = write_pipeline("tp-resume", "plugin = \"tp\"", 4, 2, "checkpoint_interval = 5");
+  auto first = run_two_ranks(file, "--set stage.rm.max_steps=1");
+  ASSERT_EQ(first.exit_code, 0) << first.output;
+  const auto stage = out_root() / "tp-resume" / "sft";
+  const auto uninterrupted = metric(stage, "train/loss");
+  ASSERT_EQ(uninterrupted.size(), 20u);
+  const auto checkpoint = stage / "checkpoints" / "step-15";
+  ASSERT_TRUE(fs::exists(checkpoint / "engine.json"));
+  EXPECT_TRUE(fs::exists(checkpoint / "tp-rank-0" / "optimizer.safetensors"));
+  EXPECT_TRUE(fs::exists(checkpoint / "tp-rank-1" / "optimizer.safetensors"));
+
+  fs::remove_all(stage / "final");
+  fs::remove_all(stage / "checkpoints" / "step-20");  // resume from step 15
+  auto resumed = run_two_ranks(file, "--set stage.rm.max_steps=1");
+  ASSERT_EQ(resumed.exit_code, 0) << resumed.output;
+  EXPECT_NE(resumed.output.find("resuming from"), std::string::npos) << resumed.output;
+  const auto losses = metric(stage, "train/loss");
+  ASSERT_EQ(losses.size(), 20u);
+  for (size_t i = 15; i < 20; ++i) EXPECT_NEAR(losses[i], uninterrupted[i], 1e-6) << "step " << i + 1;
+
+  fs::remove_all(stage / "final");
+  auto other = run_dschat("run " + file.string() + " --set stage.rm.max_steps=1");  // one rank: tp_size 1
+  EXPECT_NE(other.exit_code, 0);
+  EXPECT_NE(other.output.find("was saved by tensor parallelism over 2 ranks; this run has tp_size 1"),
+            std::string::npos)
+      << other.output;
+}
+
 TEST(FourRanks, TensorParallelTimesDataParallelMatchesOneProcess) {
   expect_same_losses_as_single_process("tp2x2", "plugin = \"tp\"\ntp_size = 2", 4, 4, 1);
 }
