@@ -89,7 +89,8 @@ CausalLMOutput CausalLM::forward(const at::Tensor& input_ids, const at::Tensor& 
   auto inputs = prepare(mask, past, tokens, dtype());
   auto hidden = embed(input_ids, inputs);
   for (size_t i = 0; i < blocks_.size(); ++i) {
-    hidden = blocks_[i]->forward(hidden, inputs, cache != nullptr ? &cache->layers[i] : nullptr);
+    LayerKv* kv = cache != nullptr ? &cache->layers[i] : nullptr;
+    hidden = block_runner_ ? block_runner_(i, *blocks_[i], hidden, inputs, kv) : blocks_[i]->forward(hidden, inputs, kv);
   }
   if (cache != nullptr && !static_step) cache->length += tokens;
   CausalLMOutput out;

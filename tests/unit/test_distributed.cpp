@@ -313,11 +313,15 @@ generation = { plugin = "kv-cache", max_new_tokens = 16, do_sample = true }
   return file;
 }
 
+// Under ZeRO-3 the reference and reward models' blocks are sharded as well and gathered block by block.
 TEST(TwoRanks, PpoIterationUnderZero3WithTheHybridEngine) {
   auto file = write_ppo_pipeline("ppo-zero3", "plugin = \"zero\"\nstage = 3",
                                  "hooks = [{ plugin = \"ema\", beta = 0.992 }]");
   auto result = run_two_ranks(file);
   ASSERT_EQ(result.exit_code, 0) << result.output;
+  // The frozen models are partitioned too (DeepSpeed-Chat's reference and reward under ZeRO-3).
+  EXPECT_NE(result.output.find("reference: blocks sharded over 2 ranks"), std::string::npos) << result.output;
+  EXPECT_NE(result.output.find("reward model: blocks sharded over 2 ranks"), std::string::npos) << result.output;
   const auto stage = out_root() / "ppo-zero3" / "rlhf";
   EXPECT_TRUE(fs::exists(stage / "final" / "COMPLETE"));
   EXPECT_TRUE(fs::exists(stage / "ema" / "config.json"));

@@ -24,6 +24,7 @@
 #include "plugin_helpers.h"
 #include "test_support.h"
 #include "dschat/sdk/distributed.h"
+#include "dschat/sdk/frozen_model.h"
 #include "dschat/sdk/generation.h"
 #include "dschat/sdk/model.h"
 #include "dschat/sdk/nn/linear.h"
@@ -283,6 +284,40 @@ TEST_P(TensorParallelThreads, TrainableShardsGiveTheWholeModelsGradients) {
     threads.emplace_back([&, rank] {
       ThreadCommunicator comm(group, rank);
       errors[rank] = error_of([&] { check_trainable(GetParam(), comm); });
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(errors[0], "<no error>");
+  EXPECT_EQ(errors[1], "<no error>");
+}
+
+// Frozen models under ZeRO-3 (frozen_model.h): the blocks hold nothing between forward passes (each rank keeps
+// its slice apart) and the logits are the whole model's, pass after pass.
+void check_frozen_sharding(const std::string& name, Communicator& group) {
+  SCOPED_TRACE(name + ", rank " + std::to_string(group.rank()));
+  auto fam = family(name);
+  auto model = build_full(*fam, name);
+  auto [ids, mask] = prompts({7, 3, 5, 1}, model->dims().vocab_size);
+  at::NoGradGuard no_grad;
+  auto expected = model->forward(ids, mask).logits;
+  const std::string how = place_frozen_blocks(*model, at::kCPU, {}, &group);
+  EXPECT_EQ(how, "blocks sharded over 2 ranks");
+  for (const auto& p : model->block(0).parameters()) EXPECT_EQ(p.numel(), 0);
+  for (int pass = 0; pass < 2; ++pass) {
+    auto logits = model->forward(ids, mask).logits;
+    EXPECT_LT(max_diff(logits, expected), 1e-6) << "pass " << pass;
+  }
+  for (const auto& p : model->block(1).parameters()) EXPECT_EQ(p.numel(), 0);
+}
+
+TEST_P(TensorParallelThreads, FrozenModelsShardTheirBlocks) {
+  ThreadGroup group(2);
+  std::vector<std::string> errors(2);
+  std::vector<std::thread> threads;
+  for (int rank = 0; rank < 2; ++rank) {
+    threads.emplace_back([&, rank] {
+      ThreadCommunicator comm(group, rank);
+      errors[rank] = error_of([&] { check_frozen_sharding(GetParam(), comm); });
     });
   }
   for (auto& t : threads) t.join();

@@ -116,7 +116,8 @@ class Dpo : public Algorithm {
     OptimizerOptions optimizer = options_.optimizer;
     optimizer.total_steps = total_optimizer_steps(options_, static_cast<int64_t>(train.size()));
     auto engine = context.strategy().make_engine(policy, policy, optimizer);
-    reference->to(engine->device());
+    const std::string placed = context.strategy().place_frozen_model(*reference, engine->device(), {});
+    std::cout << fmt::format("stage {}: reference: {}\n", context.stage_name(), placed);
     std::cout << fmt::format("stage {}: {} train / {} eval pairs, {} optimizer steps, beta {} label_smoothing {}, {}\n",
                              context.stage_name(), train.size(), eval.size(), optimizer.total_steps, beta_,
                              label_smoothing_, engine->describe());

@@ -62,6 +62,9 @@
 //   replica's ranks generate the same rollouts on the gathered actor
 //   reuse_experience_forwards true -- the first micro-batch's training forwards are its experience forwards (see
 //   above); false runs them twice, as DeepSpeed-Chat does, and frees the experience activations sooner
+//   offload_reference_model false, offload_reward_model false -- DeepSpeed-Chat's flags: the frozen model's
+//   blocks kept in host memory and copied to the device block by block (nothing changes on a CPU run); under zero
+//   stage 3 the frozen models' blocks are sharded over the ranks in any case (dschat/sdk/frozen_model.h)
 //   reference_dtype, reward_dtype (unset: the model's [models.X] dtype) -- "bf16" | "fp16" | "fp32": the frozen
 //   reference and reward models in that dtype, halving their memory next to an fp32 actor and critic (the KL
 //   then compares the actor against a rounded reference: small but not zero on the first rollout)
@@ -147,6 +150,7 @@ struct PpoOptions {
   int64_t inference_tp_size = 1;  // ranks per TP generation group (resolved: 1 = no TP rollouts)
   bool reuse_experience_forwards = true;
   std::optional<at::ScalarType> reference_dtype, reward_dtype;  // frozen models' dtype; unset: their model's
+  bool offload_reference_model = false, offload_reward_model = false;  // DeepSpeed-Chat's flags
   int64_t checkpoint_interval = 0;  // rollouts between checkpoints (taken after a training flush); 0: none
   int64_t max_nonfinite_steps = 3;  // actor or critic steps in a row skipped for NaN/inf before the stage stops
   double debug_corrupt_generation_logprobs = 0.0;
@@ -235,6 +239,8 @@ PpoOptions read_options(const ConfigTable& t) {
       const std::string name = t.get_choice(key, {"fp32", "bf16", "fp16"}, "fp32");
       *dtype = name == "bf16" ? at::kBFloat16 : name == "fp16" ? at::kHalf : at::kFloat;
     }
+  o.offload_reference_model = t.get_bool("offload_reference_model", false);
+  o.offload_reward_model = t.get_bool("offload_reward_model", false);
   // Test hook: added to the generation log-probs before the consistency check, to prove the check trips.
   o.debug_corrupt_generation_logprobs = t.get_float("debug_corrupt_generation_logprobs", 0.0);
   return o;
@@ -346,8 +352,9 @@ PpoTrainer::PpoTrainer(const PpoOptions& options, StageContext& context)
   load_value_head(*critic_, ctx_.model_dir("critic"));
   for (auto& p : reference_->parameters()) p.set_requires_grad(false);
   reference_->eval();
-  rewards_ = std::make_unique<rlhf::RewardSum>(rlhf::stage_rewards(ctx_, o_.reward.empty() ? "" : "reward", o_.reward_dtype),
-                                               tokenizer_);
+  rewards_ = std::make_unique<rlhf::RewardSum>(
+      rlhf::stage_rewards(ctx_, o_.reward.empty() ? "" : "reward", o_.reward_dtype, {o_.offload_reward_model}),
+      tokenizer_);
   add_lora(*actor_, *handle_.family, o_.actor_lora_dim, o_.actor_lora_module_name, "actor", {});
   add_lora(*critic_, *ctx_.model("critic").family, o_.critic_lora_dim, o_.critic_lora_module_name, "critic",
            {"v_head"});
@@ -370,7 +377,8 @@ PpoTrainer::PpoTrainer(const PpoOptions& options, StageContext& context)
   actor_engine_ = ctx_.strategy().make_engine(actor_, actor_, actor_opt_);
   critic_engine_ = ctx_.strategy().make_engine(critic_, critic_->base, critic_opt_);
   device_ = actor_engine_->device();
-  reference_->to(device_);
+  std::cout << fmt::format("stage {}: reference: {}\n", stage_,
+                           ctx_.strategy().place_frozen_model(*reference_, device_, {o_.offload_reference_model}));
   rewards_->prepare(ctx_, device_);
   // fp16: an overflow in either model skips both steps, so both backward passes come before either step (the
   // models are apart and the passes run in the same order, so only the skipping differs). Otherwise

@@ -6,6 +6,7 @@
 // Options: model (required: a [models.*] entry or an earlier stage), read through the stage role
 // "reward_model" (not "reward", which is ppo's own role). The model is loaded once in prepare(), frozen (no
 // gradients, eval mode) and placed on the stage's device.
+#include <iostream>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -16,6 +17,7 @@
 #include "dschat/sdk/plugin.h"
 #include "dschat/sdk/reward.h"
 #include "dschat/sdk/reward_loss.h"
+#include "dschat/sdk/strategy.h"
 #include "dschat/sdk/reward_model.h"
 
 namespace {
@@ -37,7 +39,9 @@ class RewardModelScore : public RewardFunction {
     load_value_head(*rm, context.model_dir(kRole));
     for (auto& p : rm->parameters()) p.set_requires_grad(false);
     rm->eval();
-    rm->to(device);
+    const std::string how = context.strategy().place_frozen_model(*rm->base, device, {});
+    rm->v_head->to(device);
+    std::cout << "stage " << context.stage_name() << ": reward model '" << model_ << "': " << how << "\n";
     rm_ = std::move(rm);
   }
 

@@ -7,6 +7,8 @@
 //   offload_parameters = true  # stage 3: the weight slices in host memory too
 //   prefetch = true            # stage 3: gather block i+1 while block i runs
 //
+// At stage 3 the stage's frozen models (reference, reward) have their blocks sharded over the ranks as well
+// (dschat/sdk/frozen_model.h), gathered one block at a time as they run.
 // The engine is the SDK's partitioned engine (dschat/sdk/partitioned_engine.h), shared with `ddp`.
 #include <fmt/format.h>
 
@@ -49,6 +51,13 @@ class ZeroStrategy : public dschat::Strategy {
     p.gradient_buckets = 3;  // two in flight and the one being filled
     p.gathered_blocks = stage == 3 ? (partitioning_.prefetch ? 2 : 1) : 0;
     return p;
+  }
+
+  // Stage 3 partitions the frozen models too, as DeepSpeed-Chat's reference and reward models under ZeRO-3.
+  std::string place_frozen_model(dschat::CausalLM& model, at::Device device,
+                                 const dschat::FrozenPlacement& placement) override {
+    return dschat::place_frozen_blocks(model, device, placement,
+                                       partitioning_.zero_stage == 3 ? &dschat::world() : nullptr);
   }
 
   std::unique_ptr<dschat::Engine> make_engine(std::shared_ptr<torch::nn::Module> module,

@@ -17,6 +17,10 @@ std::unique_ptr<Engine> Strategy::make_engine(std::shared_ptr<torch::nn::Module>
   throw std::logic_error("strategy '" + describe() + "' cannot make training engines");
 }
 
+std::string Strategy::place_frozen_model(CausalLM& model, at::Device device, const FrozenPlacement& placement) {
+  return place_frozen_blocks(model, device, placement);
+}
+
 double lr_multiplier(const std::string& scheduler, int64_t step, int64_t warmup_steps, int64_t total_steps) {
   if (scheduler != "constant" && scheduler != "constant_with_warmup" && scheduler != "linear" && scheduler != "cosine")
     throw std::invalid_argument("unknown lr scheduler '" + scheduler +

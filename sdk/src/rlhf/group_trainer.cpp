@@ -192,7 +192,8 @@ GroupTrainer::GroupTrainer(const GroupTrainerOptions& options, StageContext& con
   opt.total_steps = total_steps_;
   engine_ = ctx_.strategy().make_engine(actor_, actor_, opt);
   device_ = engine_->device();
-  reference_->to(device_);
+  std::cout << fmt::format("stage {}: reference: {}\n", stage_,
+                           ctx_.strategy().place_frozen_model(*reference_, device_, {}));
   rewards_->prepare(ctx_, device_);
 
   sampling_ = rollout_sampling(*generator, *tokenizer_, pad_id_);

@@ -3,6 +3,7 @@
 #include <ATen/ops/zeros.h>
 #include <c10/core/GradMode.h>
 
+#include <iostream>
 #include <stdexcept>
 
 #include <fmt/format.h>
@@ -11,6 +12,7 @@
 #include "dschat/sdk/reward_loss.h"
 #include "dschat/sdk/reward_model.h"
 #include "dschat/sdk/rlhf/rollout.h"
+#include "dschat/sdk/strategy.h"
 #include "dschat/sdk/tokenizer.h"
 
 namespace dschat::rlhf {
@@ -23,8 +25,13 @@ namespace {
 
 class RewardModelScore : public RewardFunction {
  public:
-  explicit RewardModelScore(std::shared_ptr<RewardModel> model) : model_(std::move(model)) {}
-  void prepare(StageContext& /*context*/, at::Device device) override { model_->to(device); }
+  RewardModelScore(std::shared_ptr<RewardModel> model, FrozenPlacement placement)
+      : model_(std::move(model)), placement_(placement) {}
+  void prepare(StageContext& context, at::Device device) override {
+    const std::string how = context.strategy().place_frozen_model(*model_->base, device, placement_);
+    model_->v_head->to(device);
+    std::cout << fmt::format("stage {}: reward model: {}\n", context.stage_name(), how);
+  }
   at::Tensor score(const RewardBatch& batch) override {
     at::NoGradGuard no_grad;
     return reward_model_scores(*model_, batch.sequences, batch.pad_id, batch.prompt_length).to(at::kFloat);
@@ -32,16 +39,17 @@ class RewardModelScore : public RewardFunction {
 
  private:
   std::shared_ptr<RewardModel> model_;
+  FrozenPlacement placement_;
 };
 
 }  // namespace
 
-WeightedReward reward_model_reward(std::shared_ptr<RewardModel> model, double weight) {
-  return {"reward-model", weight, std::make_shared<RewardModelScore>(std::move(model))};
+WeightedReward reward_model_reward(std::shared_ptr<RewardModel> model, double weight, FrozenPlacement placement) {
+  return {"reward-model", weight, std::make_shared<RewardModelScore>(std::move(model), placement)};
 }
 
 std::vector<WeightedReward> stage_rewards(StageContext& context, const std::string& reward_role,
-                                          std::optional<at::ScalarType> reward_dtype) {
+                                          std::optional<at::ScalarType> reward_dtype, FrozenPlacement placement) {
   std::vector<WeightedReward> rewards = context.rewards();
   if (!rewards.empty()) return rewards;
   if (reward_role.empty())
@@ -53,7 +61,7 @@ std::vector<WeightedReward> stage_rewards(StageContext& context, const std::stri
   if (reward_dtype) model->to(*reward_dtype);  // the value head too: it reads the base's final hidden states
   for (auto& p : model->parameters()) p.set_requires_grad(false);
   model->eval();
-  return {reward_model_reward(std::move(model))};
+  return {reward_model_reward(std::move(model), 1.0, placement)};
 }
 
 std::vector<const TextExample*> rollout_examples(const std::vector<TextExample>& examples,

@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include <c10/util/Exception.h>
+
 #include "dschat/sdk/interrupt.h"
 #include "dschat/sdk/abi.h"
 #include "dschat/sdk/config.h"
@@ -111,6 +113,8 @@ auto call_plugin(const PluginEntry& entry, Fn&& fn) -> decltype(fn()) {
     throw;
   } catch (const StopRequested&) {  // a graceful stop is not the plugin's failure
     throw;
+  } catch (const c10::Error& e) {  // TORCH_CHECK's message, without the C++ frames a user cannot act on
+    throw PluginError(plugin_label(entry) + " " + e.what_without_backtrace());
   } catch (const std::exception& e) {
     throw PluginError(plugin_label(entry) + " " + e.what());
   }

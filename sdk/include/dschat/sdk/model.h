@@ -7,6 +7,7 @@
 // per-family renaming. Tied heads own no parameter of their own (lm_head reuses the embedding).
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <stdexcept>
@@ -93,6 +94,12 @@ class DSCHAT_SDK_API CausalLM : public torch::nn::Module {
   const TensorParallelPlacement& tensor_parallel() const { return tensor_parallel_; }
   void set_tensor_parallel(TensorParallelPlacement placement) { tensor_parallel_ = placement; }
 
+  // When set, forward() runs block i through this instead of calling it directly: a frozen model whose block
+  // weights are sharded over ranks or kept in host memory (frozen_model.h) brings them in around each block.
+  using BlockRunner = std::function<at::Tensor(size_t index, DecoderBlock& block, const at::Tensor& hidden,
+                                               const AttentionInputs& inputs, LayerKv* kv)>;
+  void set_block_runner(BlockRunner runner) { block_runner_ = std::move(runner); }
+
   // The family that built this model, set by the host when it loads a stage's model (null for models built
   // directly, e.g. in tests): what a strategy that re-lays the model out (tp) asks for its partition spec.
   std::shared_ptr<const ModelFamily> family() const { return family_; }
@@ -109,6 +116,7 @@ class DSCHAT_SDK_API CausalLM : public torch::nn::Module {
   std::vector<std::shared_ptr<DecoderBlock>> blocks_;
   TensorParallelPlacement tensor_parallel_;
   std::shared_ptr<const ModelFamily> family_;
+  BlockRunner block_runner_;
   // Set by forward() for the duration of a static-cache step, read by the base prepare(): families call it from
   // their own prepare() with the same signature, so the position of the column being written reaches them here.
   at::Tensor static_write_position_;

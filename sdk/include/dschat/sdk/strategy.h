@@ -24,6 +24,7 @@
 #include <torch/nn/module.h>
 
 #include "dschat/sdk/export.h"
+#include "dschat/sdk/frozen_model.h"
 #include "dschat/sdk/memory_plan.h"
 #include "dschat/sdk/model.h"
 
@@ -135,7 +136,8 @@ class DSCHAT_SDK_API Engine {
 class DSCHAT_SDK_API Strategy {
  public:
   static constexpr const char* kind = "strategy";
-  // 3: ForwardOptions, StepOptions, gradients_overflowed; 4: state_placement; 5: tensor_parallel_size
+  // 3: ForwardOptions, StepOptions, gradients_overflowed; 4: state_placement; 5: tensor_parallel_size,
+  // place_frozen_model
   static constexpr int interface_version = 5;
   virtual ~Strategy() = default;
 
@@ -154,6 +156,11 @@ class DSCHAT_SDK_API Strategy {
   // Adjacent ranks that hold one replica of each trained model between them and read the same batches (1: every
   // rank is a replica; see data_parallel() in distributed.h).
   virtual int tensor_parallel_size() const { return 1; }
+  // Places a model the stage only runs forward (a reference or reward model) on `device`, the trained models'
+  // engine device (frozen_model.h). The default keeps it whole on every rank (in host memory block by block when
+  // offloaded); zero stage 3 shards its blocks over the ranks. Collective when it shards. Returns how it was
+  // placed, for the stage's log.
+  virtual std::string place_frozen_model(CausalLM& model, at::Device device, const FrozenPlacement& placement);
 };
 
 }  // namespace dschat

@@ -19,6 +19,7 @@
 
 #include "dschat/sdk/data.h"
 #include "dschat/sdk/export.h"
+#include "dschat/sdk/frozen_model.h"
 #include "dschat/sdk/generation.h"
 #include "dschat/sdk/reward.h"
 
@@ -34,13 +35,16 @@ namespace rlhf {
 // token before the first pad at or after the prompt, under seq != pad.
 DSCHAT_SDK_API at::Tensor reward_model_scores(RewardModel& reward, const at::Tensor& seq, int64_t pad_id,
                                               int64_t prompt_length);
-// A loaded (frozen) reward model as a reward named "reward-model"; prepare() moves it to the device.
-DSCHAT_SDK_API WeightedReward reward_model_reward(std::shared_ptr<RewardModel> model, double weight = 1.0);
+// A loaded (frozen) reward model as a reward named "reward-model"; prepare() places it on the device as the
+// stage's strategy places frozen models (Strategy::place_frozen_model: sharded under ZeRO-3, offloaded when asked).
+DSCHAT_SDK_API WeightedReward reward_model_reward(std::shared_ptr<RewardModel> model, double weight = 1.0,
+                                                  FrozenPlacement placement = {});
 // The rewards a stage scores with: the ones it lists (StageContext::rewards()), else the model of role
 // `reward_role` loaded as a frozen reward model (value head included; on the host until prepare()). Throws
 // std::invalid_argument when the stage has neither.
 DSCHAT_SDK_API std::vector<WeightedReward> stage_rewards(StageContext& context, const std::string& reward_role,
-                                                        std::optional<at::ScalarType> reward_dtype = std::nullopt);
+                                                        std::optional<at::ScalarType> reward_dtype = std::nullopt,
+                                                        FrozenPlacement placement = {});
 
 // The data rows behind rollout rows: `examples` are the phase's rows (DataSource::examples), `set` its tokenized
 // rows, `indices` the prompts of the rollout, each `copies` times in a row (rollout_prompts), then `kept` (rows of
