@@ -109,8 +109,13 @@ StagePlan plan_stage(const std::string& stage, const MemoryNeeds& needs,
     const int64_t lora = use.lora_dim * s.lora_parameters_per_dim;
     const int64_t whole = s.parameters + lora;
     const std::string dt = dtype_name(s.dtype);
-    if (!use.trained) {
-      states.push_back({fmt::format("{} weights ({}, frozen)", use.name, dt), whole * b, false});
+    if (!use.trained) {  // blocks sharded (and one gathered at a time) under ZeRO-3; the rest whole
+      const int64_t n = placement.frozen_block_shards;
+      const int64_t blocks = s.block_parameters * s.dims.num_layers;
+      const int64_t held = n > 1 ? whole - blocks + blocks / n + s.block_parameters : whole;
+      states.push_back({fmt::format("{} weights ({}, frozen{})", use.name, dt,
+                                    n > 1 ? fmt::format(", blocks 1/{} shard", n) : ""),
+                        held * b, false});
       continue;
     }
     const int64_t trained =

@@ -127,6 +127,17 @@ TEST(MemoryPlan, FrozenModelsHoldOnlyWeightsInTheirDtype) {
   EXPECT_EQ(term(p.phases[0], "reference weights (bf16, frozen)"), 2'000'000);
 }
 
+// ZeRO-3 shards a frozen model's blocks (4 x 50k of its 1M parameters) and gathers one at a time; the rest stays.
+TEST(MemoryPlan, ZeroThreeShardsTheBlocksOfFrozenModels) {
+  MemoryNeeds needs = one_trained_model();
+  needs.models.push_back({"reference", "model", false});
+  StatePlacement zero3;
+  zero3.frozen_block_shards = 2;
+  auto p = plan(needs, zero3);
+  EXPECT_EQ(term(p.phases[0], "reference weights (fp32, frozen, blocks 1/2 shard)"),
+            (1'000'000 - 200'000 + 100'000 + 50'000) * 4);
+}
+
 TEST(MemoryPlan, APhaseNamingAModelTheStageDoesNotHoldIsAnError) {
   MemoryNeeds needs = one_trained_model();
   needs.phases.push_back({"rollout", {}, {{"actor", 1, 10}}});

@@ -50,6 +50,7 @@ class ZeroStrategy : public dschat::Strategy {
     p.recompute_blocks = stage == 3;
     p.gradient_buckets = 3;  // two in flight and the one being filled
     p.gathered_blocks = stage == 3 ? (partitioning_.prefetch ? 2 : 1) : 0;
+    p.frozen_block_shards = stage == 3 ? world_size : 1;  // place_frozen_model below
     return p;
   }
 

@@ -33,6 +33,7 @@ struct StatePlacement {
   bool recompute_blocks = false;     // blocks recomputed in backward whatever the stage asks (ZeRO-3)
   int64_t gradient_buckets = 0;      // fp32 buffers of one block's gradients being reduced at once
   int64_t gathered_blocks = 0;       // ZeRO-3: blocks whose whole weights are gathered at once (with prefetch)
+  int64_t frozen_block_shards = 1;   // ZeRO-3: a frozen model's blocks split over this many ranks (frozen_model.h)
 };
 
 // How a stage uses one of its models.
