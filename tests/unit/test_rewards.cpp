@@ -16,6 +16,7 @@
 #include "dschat/sdk/reward.h"
 #include "dschat/sdk/reward_loss.h"
 #include "dschat/sdk/reward_model.h"
+#include "dschat/sdk/strategy.h"
 #include "dschat/sdk/tokenizer.h"
 
 using namespace dschat;
@@ -207,7 +208,10 @@ class OneRoleContext : public StageContext {
   const DataSource& data() const override { throw std::logic_error("unused"); }
   MetricsSink& metrics() override { throw std::logic_error("unused"); }
   Progress& progress() override { throw std::logic_error("unused"); }
-  Strategy& strategy() override { throw std::logic_error("unused"); }
+  Strategy& strategy() override {  // places the frozen reward model
+    if (!strategy_) strategy_ = registry().create<Strategy>("single", table(""));
+    return *strategy_;
+  }
   Generator* generator() override { return nullptr; }
   const std::vector<std::shared_ptr<Hook>>& hooks() override { return hooks_; }
   const std::vector<WeightedReward>& rewards() override { return rewards_; }
@@ -218,6 +222,7 @@ class OneRoleContext : public StageContext {
   std::shared_ptr<ModelFamily> family_;
   std::vector<std::shared_ptr<Hook>> hooks_;
   std::vector<WeightedReward> rewards_;
+  std::shared_ptr<Strategy> strategy_;
 };
 
 // prepare() loads the saved reward model (base + value head) frozen; score() is end_scores of its values, as ppo

@@ -276,19 +276,24 @@ void check_trainable(const std::string& name, Communicator& group) {
   }
 }
 
-TEST_P(TensorParallelThreads, TrainableShardsGiveTheWholeModelsGradients) {
+// Runs `body` as rank 0 and rank 1 of a two-thread group; each rank's failure (an exception) is reported.
+void on_two_threads(const std::function<void(Communicator&)>& body) {
   ThreadGroup group(2);
   std::vector<std::string> errors(2);
   std::vector<std::thread> threads;
   for (int rank = 0; rank < 2; ++rank) {
     threads.emplace_back([&, rank] {
       ThreadCommunicator comm(group, rank);
-      errors[rank] = error_of([&] { check_trainable(GetParam(), comm); });
+      errors[rank] = error_of([&] { body(comm); });
     });
   }
   for (auto& t : threads) t.join();
   EXPECT_EQ(errors[0], "<no error>");
   EXPECT_EQ(errors[1], "<no error>");
+}
+
+TEST_P(TensorParallelThreads, TrainableShardsGiveTheWholeModelsGradients) {
+  on_two_threads([this](Communicator& comm) { check_trainable(GetParam(), comm); });
 }
 
 // Frozen models under ZeRO-3 (frozen_model.h): the blocks hold nothing between forward passes (each rank keeps
@@ -311,18 +316,7 @@ void check_frozen_sharding(const std::string& name, Communicator& group) {
 }
 
 TEST_P(TensorParallelThreads, FrozenModelsShardTheirBlocks) {
-  ThreadGroup group(2);
-  std::vector<std::string> errors(2);
-  std::vector<std::thread> threads;
-  for (int rank = 0; rank < 2; ++rank) {
-    threads.emplace_back([&, rank] {
-      ThreadCommunicator comm(group, rank);
-      errors[rank] = error_of([&] { check_frozen_sharding(GetParam(), comm); });
-    });
-  }
-  for (auto& t : threads) t.join();
-  EXPECT_EQ(errors[0], "<no error>");
-  EXPECT_EQ(errors[1], "<no error>");
+  on_two_threads([this](Communicator& comm) { check_frozen_sharding(GetParam(), comm); });
 }
 
 // ---- two ranks as two Gloo processes ------------------------------------------------------------------------
@@ -452,6 +446,11 @@ TEST(TensorParallel, StrategyPluginChecksItsLayout) {
   lm->set_family(family("opt"));
   auto engine = strategy->make_engine(lm, lm, {});  // one rank: a shard of the whole model, trained
   EXPECT_NE(engine->describe().find("tensor parallel 1 x data parallel 1"), std::string::npos) << engine->describe();
+  auto half = family("opt")->build(config("opt"), {});
+  half->set_family(family("opt"));
+  half->to(at::kHalf);
+  message = error_of([&] { strategy->make_engine(half, half, {}); });
+  EXPECT_NE(message.find("fp16's dynamic loss scale"), std::string::npos) << message;
   message = error_of([&] { registry().create<Strategy>("tp", table("tp_size = 2")); });
   EXPECT_NE(message.find("must divide the 1 ranks the launcher started"), std::string::npos) << message;
   // Validated under a launcher (before any process group exists): the launcher's world size is what counts.

@@ -66,7 +66,9 @@ class TensorParallelEngine : public dschat::Engine {
     auto& world = dschat::world();
     mesh_ = dschat::make_mesh(world, world.size() / tp_size, tp_size);
     module_->to(device);
-    fp16_ = lm_->dtype() == at::kHalf;
+    // A rank's fp16 overflow can be its slices' alone, and the local engine would halve only that rank's scale.
+    TORCH_CHECK(lm_->dtype() != at::kHalf, "strategy 'tp' trains fp32 or bf16 models; fp16's dynamic loss scale "
+                                          "is not kept in step across the ranks yet (set dtype = \"bf16\")");
     shard_ = dschat::make_tensor_parallel_shard(*family_, *lm_, *mesh_.tp, {/*trainable=*/true});
     const auto whole = lm_->named_parameters();
     for (const auto& item : shard_->named_parameters()) {
@@ -97,16 +99,8 @@ class TensorParallelEngine : public dschat::Engine {
     return inner_->forward(input_ids, attention_mask, options);
   }
   void backward(const at::Tensor& loss) override { inner_->backward(loss); }
-  bool gradients_overflowed() override {  // fp16: one rank's overflow skips the step everywhere
-    if (!fp16_) return false;
-    return dschat::world().max(inner_->gradients_overflowed() ? 1.0 : 0.0) > 0.0;
-  }
   using Engine::step;
-  dschat::StepResult step(const dschat::StepOptions& options) override {
-    dschat::StepOptions mine = options;
-    mine.skip = options.skip || gradients_overflowed();
-    return inner_->step(mine);
-  }
+  dschat::StepResult step(const dschat::StepOptions& options) override { return inner_->step(options); }
   double lr() const override { return inner_->lr(); }
   int64_t global_step() const override { return inner_->global_step(); }
   void train(bool on) override {
@@ -115,7 +109,7 @@ class TensorParallelEngine : public dschat::Engine {
   }
   dschat::MemoryFootprint memory() const override { return inner_->memory(); }
 
-  // The whole model's weights on every rank while the guard lives (collective over the world).
+  // The whole model's weights on every rank while the guard lives (collective over the TP group).
   std::shared_ptr<void> gather_parameters() override {
     if (gathered_++ == 0) {
       at::NoGradGuard no_grad;
@@ -216,7 +210,6 @@ class TensorParallelEngine : public dschat::Engine {
   std::unique_ptr<dschat::Engine> inner_;
   std::vector<std::pair<at::Tensor, std::vector<int64_t>>> released_;
   int gathered_ = 0;
-  bool fp16_ = false;  // the loss scale's overflow verdict must be the same on every rank
 };
 
 class TensorParallelStrategy : public dschat::Strategy {

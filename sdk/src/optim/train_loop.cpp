@@ -42,10 +42,10 @@ std::vector<std::vector<int64_t>> rank_batches(std::vector<std::vector<int64_t>>
 }
 
 int64_t total_optimizer_steps(const TrainOptions& options, int64_t num_examples) {
-  const int64_t world_size = data_parallel().size;  // replicas, each reading its own batches
+  const int64_t replicas = data_parallel().size;  // each reading its own batches
   const int64_t global_batches =
       (num_examples + options.per_device_train_batch_size - 1) / options.per_device_train_batch_size;
-  const int64_t batches = (global_batches + world_size - 1) / world_size;  // this rank's share
+  const int64_t batches = (global_batches + replicas - 1) / replicas;  // this rank's share
   const int64_t accum = options.optimizer.gradient_accumulation_steps;
   int64_t total = options.epochs * ((batches + accum - 1) / accum);
   if (options.max_steps > 0) total = std::min(total, options.max_steps);
