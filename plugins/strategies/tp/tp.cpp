@@ -22,7 +22,6 @@
 #include <ATen/ops/empty.h>
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
-#include <unistd.h>
 
 #include "dschat/sdk/atomic_file.h"
 #include "dschat/sdk/distributed.h"
@@ -75,7 +74,7 @@ class TensorParallelEngine : public dschat::Engine {
       if (item.value().numel() != whole[item.key()].numel()) split_.insert(item.key());
     }
     auto view = module_over_shard(*module_, *lm_, shard_);
-    prefix_ = view.get() == shard_.get() ? "" : lm_prefix(*module_);
+    prefix_ = view.get() == shard_.get() ? "" : lm_prefix();
     dschat::GradientSync sync;
     sync.squared_norm = [this](const std::vector<std::string>& names, const std::vector<at::Tensor>& grads) {
       return squared_norm(names, grads);
@@ -157,9 +156,9 @@ class TensorParallelEngine : public dschat::Engine {
  private:
   std::string rank_folder() const { return fmt::format("tp-rank-{}", mesh_.tp->rank()); }
 
-  static std::string lm_prefix(torch::nn::Module& module) {
-    for (const auto& child : module.named_children()) {
-      if (std::dynamic_pointer_cast<dschat::CausalLM>(child.value())) return child.key() + ".";
+  std::string lm_prefix() const {
+    for (const auto& child : module_->named_children()) {
+      if (child.value().get() == lm_.get()) return child.key() + ".";
     }
     return "";
   }
