@@ -22,13 +22,13 @@ namespace {
 struct BlockStore {
   std::vector<at::Tensor> params;
   std::vector<std::vector<int64_t>> shapes;
-  std::vector<int64_t> offsets;
+  std::vector<int64_t> offsets, numels;  // each parameter's place in the flat buffer
   int64_t padded = 0;  // the flat length, a multiple of the shard count
   at::Tensor kept;     // this rank's slice (sharded) or the whole block (offloaded), where it is kept
 };
 
-void release(BlockStore& store) {
-  for (auto& p : store.params) p.set_data(at::empty({0}, p.options()));
+void release(BlockStore& store, at::Device device) {
+  for (auto& p : store.params) p.set_data(at::empty({0}, p.options().device(device)));
 }
 
 }  // namespace
@@ -61,6 +61,7 @@ std::string place_frozen_blocks(CausalLM& model, at::Device device, const Frozen
       store.params.push_back(p);
       store.shapes.push_back(p.sizes().vec());
       store.offsets.push_back(numel);
+      store.numels.push_back(p.numel());
       numel += p.numel();
       flat.push_back(p.detach().reshape({-1}).to(at::kCPU));
     }
@@ -70,7 +71,7 @@ std::string place_frozen_blocks(CausalLM& model, at::Device device, const Frozen
     at::Tensor whole = at::cat(flat);
     const int64_t part = store.padded / n;
     store.kept = whole.narrow(0, rank * part, part).clone().to(offload ? at::Device(at::kCPU) : device);
-    for (auto& p : store.params) p.set_data(at::empty({0}, p.options().device(device)));
+    release(store, device);
   }
 
   model.set_block_runner([stores, shard_over, shard, device](size_t i, DecoderBlock& block, const at::Tensor& hidden,
@@ -84,15 +85,13 @@ std::string place_frozen_blocks(CausalLM& model, at::Device device, const Frozen
       whole = at::empty({store.padded}, local.options());
       shard_over->all_gather(whole, local);
     }
-    for (size_t k = 0; k < store.params.size(); ++k) {
-      int64_t numel = 1;
-      for (int64_t d : store.shapes[k]) numel *= d;
-      store.params[k].set_data(whole.narrow(0, store.offsets[k], numel).view(store.shapes[k]));
-    }
+    for (size_t k = 0; k < store.params.size(); ++k)
+      store.params[k].set_data(whole.narrow(0, store.offsets[k], store.numels[k]).view(store.shapes[k]));
     struct Release {
       BlockStore& store;
-      ~Release() { release(store); }
-    } after{store};
+      at::Device device;
+      ~Release() { release(store, device); }
+    } after{store, device};
     return block.forward(hidden, inputs, kv);
   });
   return fmt::format("blocks {}{}", shard ? fmt::format("sharded over {} ranks", n) : std::string("whole"),

@@ -204,20 +204,25 @@ class ThreadCommunicator : public Communicator {
 
 class TensorParallelThreads : public ::testing::TestWithParam<std::string> {};
 
-TEST_P(TensorParallelThreads, TwoRanksMatchTheWholeModel) {
+// Runs `body` as rank 0 and rank 1 of a two-thread group; each rank's failure (an exception) is reported.
+void on_two_threads(const std::function<void(Communicator&)>& body) {
   ThreadGroup group(2);
-  std::vector<at::Tensor> tokens(2);
   std::vector<std::string> errors(2);
   std::vector<std::thread> threads;
   for (int rank = 0; rank < 2; ++rank) {
     threads.emplace_back([&, rank] {
       ThreadCommunicator comm(group, rank);
-      errors[rank] = error_of([&] { tokens[rank] = check_family(GetParam(), comm); });
+      errors[rank] = error_of([&] { body(comm); });
     });
   }
   for (auto& t : threads) t.join();
   EXPECT_EQ(errors[0], "<no error>");
   EXPECT_EQ(errors[1], "<no error>");
+}
+
+TEST_P(TensorParallelThreads, TwoRanksMatchTheWholeModel) {
+  std::vector<at::Tensor> tokens(2);
+  on_two_threads([&](Communicator& comm) { tokens[comm.rank()] = check_family(GetParam(), comm); });
   if (tokens[0].defined() && tokens[1].defined()) EXPECT_TRUE(at::equal(tokens[0], tokens[1]));
 }
 
@@ -274,22 +279,6 @@ void check_trainable(const std::string& name, Communicator& group) {
   for (const auto& item : full_params) {
     EXPECT_LT(max_diff(back_params[item.key()], item.value() + 0.5), 1e-6) << item.key();
   }
-}
-
-// Runs `body` as rank 0 and rank 1 of a two-thread group; each rank's failure (an exception) is reported.
-void on_two_threads(const std::function<void(Communicator&)>& body) {
-  ThreadGroup group(2);
-  std::vector<std::string> errors(2);
-  std::vector<std::thread> threads;
-  for (int rank = 0; rank < 2; ++rank) {
-    threads.emplace_back([&, rank] {
-      ThreadCommunicator comm(group, rank);
-      errors[rank] = error_of([&] { body(comm); });
-    });
-  }
-  for (auto& t : threads) t.join();
-  EXPECT_EQ(errors[0], "<no error>");
-  EXPECT_EQ(errors[1], "<no error>");
 }
 
 TEST_P(TensorParallelThreads, TrainableShardsGiveTheWholeModelsGradients) {

@@ -69,12 +69,12 @@ class TensorParallelEngine : public dschat::Engine {
     TORCH_CHECK(lm_->dtype() != at::kHalf, "strategy 'tp' trains fp32 or bf16 models; fp16's dynamic loss scale "
                                           "is not kept in step across the ranks yet (set dtype = \"bf16\")");
     shard_ = dschat::make_tensor_parallel_shard(*family_, *lm_, *mesh_.tp, {/*trainable=*/true});
+    auto view = module_over_shard(*module_, *lm_, shard_);
+    const std::string prefix = view.get() == shard_.get() ? "" : lm_prefix();  // the names the engine sees
     const auto whole = lm_->named_parameters();
     for (const auto& item : shard_->named_parameters()) {
-      if (item.value().numel() != whole[item.key()].numel()) split_.insert(item.key());
+      if (item.value().numel() != whole[item.key()].numel()) split_.insert(prefix + item.key());
     }
-    auto view = module_over_shard(*module_, *lm_, shard_);
-    prefix_ = view.get() == shard_.get() ? "" : lm_prefix();
     dschat::GradientSync sync;
     sync.squared_norm = [this](const std::vector<std::string>& names, const std::vector<at::Tensor>& grads) {
       return squared_norm(names, grads);
@@ -168,7 +168,7 @@ class TensorParallelEngine : public dschat::Engine {
   double squared_norm(const std::vector<std::string>& names, const std::vector<at::Tensor>& grads) {
     at::Tensor squares = at::zeros({2}, at::TensorOptions().dtype(at::kDouble));
     for (size_t i = 0; i < grads.size(); ++i) {
-      const bool split = names[i].starts_with(prefix_) && split_.count(names[i].substr(prefix_.size())) != 0;
+      const bool split = split_.count(names[i]) != 0;
       squares[split ? 0 : 1] += grads[i].to(at::kDouble).pow(2).sum().cpu();
     }
     at::Tensor split_squares = squares.narrow(0, 0, 1).contiguous();
@@ -204,8 +204,7 @@ class TensorParallelEngine : public dschat::Engine {
   std::shared_ptr<const dschat::ModelFamily> family_;
   dschat::Mesh mesh_;
   std::shared_ptr<dschat::CausalLM> shard_;
-  std::unordered_set<std::string> split_;  // shard parameter names that hold a slice
-  std::string prefix_;                     // the LM's name inside module_ ("" when module_ is the LM)
+  std::unordered_set<std::string> split_;  // the trained parameters (by the engine's names) that hold a slice
   std::unique_ptr<dschat::Engine> inner_;
   std::vector<std::pair<at::Tensor, std::vector<int64_t>>> released_;
   int gathered_ = 0;

@@ -159,8 +159,6 @@ GroupTrainer::GroupTrainer(const GroupTrainerOptions& options, StageContext& con
       metrics_(context.metrics()), handle_(context.model("actor")), tokenizer_(context.tokenizer("actor")),
       train_(context.data().tokenized(Phase::ppo, false, *tokenizer_)),
       nonfinite_(context.stage_name(), options.max_nonfinite_steps) {
-  // Under the tp strategy a replica's ranks read the same prompts and, with the rollout's seed shared, sample the
-  // same answers from the same gathered actor (data_parallel() shards the prompts by replica).
   Generator* generator = ctx_.generator();
   if (generator == nullptr)
     throw std::invalid_argument(fmt::format("stage {}: {} samples answers with the stage's generation plugin; add "
@@ -368,6 +366,8 @@ void GroupTrainer::run() {
   }
   ctx_.progress().start(stage_, total_steps_);
   for (int64_t epoch = start_epoch; epoch < o_.epochs && !stop_; ++epoch) {
+    // By replica: under the tp strategy a replica's ranks read the same prompts and, with the rollout's seed
+    // shared, sample the same answers from the same gathered actor.
     const auto batches = rank_batches(
         epoch_batches(static_cast<int64_t>(train_.size()), o_.prompts_per_rollout, ctx_.seed(), epoch),
         data_parallel().rank, data_parallel().size);
