@@ -16,6 +16,8 @@
 #include <ATen/ops/sort.h>
 #include <ATen/ops/topk.h>
 #include <ATen/ops/where.h>
+
+#include "dschat/sdk/nn/decode_ops.h"
 #include <ATen/ops/zeros_like.h>
 
 #include "dschat/sdk/config.h"
@@ -89,10 +91,14 @@ at::Tensor is_eos(const at::Tensor& tokens, const SamplingOptions& options) {
 Pick pick_next(const at::Tensor& raw_logits, int64_t step, const SamplingOptions& options,
                const at::Tensor& uniforms) {
   constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+  const bool masks_eos = step < options.min_new_tokens && !options.eos_token_ids.empty();
+  if (!options.do_sample && !masks_eos) {
+    if (auto [tokens, logprobs] = greedy_pick_decode(raw_logits); tokens.defined()) return {tokens, logprobs};
+  }
   auto raw = raw_logits.to(at::kFloat);
   const int64_t vocab = raw.size(1);
   at::Tensor scores = raw;
-  if (step < options.min_new_tokens && !options.eos_token_ids.empty()) {
+  if (masks_eos) {
     scores = scores.clone();
     for (auto id : options.eos_token_ids) {
       if (id < vocab) scores.select(1, id).fill_(kNegInf);

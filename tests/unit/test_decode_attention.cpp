@@ -5,6 +5,7 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
+#include <limits>
 #include <string>
 
 #include "dschat/sdk/nn/attention.h"
@@ -46,6 +47,11 @@ void check(const Case& c, at::ScalarType dtype) {
   const double err = (ours.to(at::kDouble) - exact).abs().max().item<double>();
   // fp32: reassociated sums; bf16: the output rounded once (values are O(1): half an ulp is 2^-8 of 2).
   EXPECT_LE(err, dtype == at::kFloat ? 1e-5 : 1.0 / 64) << "max |error| " << err;
+  // A bias in fp32 under bf16 q (read as fp32) gives what the bias rounded to bf16 gives where it is exact.
+  if (dtype == at::kBFloat16) {
+    auto with_fp32_bias = decode_attention(q, keys, values, bias.to(dtype).to(at::kFloat), scale);
+    EXPECT_TRUE(at::equal(with_fp32_bias, ours));
+  }
 }
 
 }  // namespace
@@ -115,5 +121,49 @@ TEST(DecodeOps, RmsNormAndRotaryEqualTheOpChains) {
     at::GradMode::set_enabled(false);
     EXPECT_FALSE(rotary_decode(at::randn({1, 2, 1, 48}).to(dtype), cos.narrow(-1, 0, 48).narrow(0, 0, 1),
                                sin.narrow(-1, 0, 48).narrow(0, 0, 1)).defined());
+  }
+}
+
+// SwiGLU's product and the greedy pick against the ATen ops they replace.
+TEST(DecodeOps, SiluMulEqualsTheOpChain) {
+  at::manual_seed(5);
+  for (auto dtype : {at::kFloat, at::kBFloat16}) {
+    SCOPED_TRACE(dtype == at::kFloat ? "fp32" : "bf16");
+    // Gates from deep negatives (exp overflows) through large positives (SiLU ~ identity).
+    auto gate = (at::randn({8, 1, 1536}) * 6).to(dtype), up = at::randn({8, 1, 1536}).to(dtype);
+    gate.view(-1)[0] = -100.0;
+    gate.view(-1)[1] = 90.0;
+    at::NoGradGuard no_grad;
+    auto fused = silu_mul_decode(gate, up);
+    if (!fused.defined()) GTEST_SKIP() << "no AVX-512-BF16: the op chain runs";
+    auto chain = at::silu(gate) * up;
+    // Equal but for exp's last fp32 bit, which moves a bf16 rounding only at a tie: nearly all equal.
+    const double ulp = dtype == at::kFloat ? 4e-7 : 1.0 / 128;
+    EXPECT_LE(((fused - chain).abs() / (chain.abs() + 1e-30)).to(at::kFloat).max().item<double>(), ulp);
+    EXPECT_GE(fused.eq(chain).to(at::kFloat).mean().item<double>(), dtype == at::kFloat ? 0.9 : 0.99);
+    EXPECT_FALSE(silu_mul_decode(gate, up.narrow(-1, 0, 768)).defined());  // shapes differ
+  }
+}
+
+TEST(DecodeOps, GreedyPickEqualsArgmaxAndLogSoftmax) {
+  at::manual_seed(6);
+  for (auto dtype : {at::kFloat, at::kBFloat16}) {
+    SCOPED_TRACE(dtype == at::kFloat ? "fp32" : "bf16");
+    // A vocabulary that is not a multiple of 16, and a strided view of rows (the last position of [B, T, V]).
+    auto logits = (at::randn({5, 3, 49157}) * 4).to(dtype).select(1, 2);
+    logits[1][49156] = 100.0;                          // the max in the masked tail
+    logits[2][7] = logits[2][4000] = logits[2][49000] = 50.0;  // ties: the first position wins
+    logits[3].fill_(-1.0);                             // all equal
+    at::NoGradGuard no_grad;
+    auto [tokens, logprobs] = greedy_pick_decode(logits);
+    if (!tokens.defined()) GTEST_SKIP() << "no AVX-512: ATen's ops run";
+    auto raw = logits.to(at::kFloat);
+    EXPECT_TRUE(at::equal(tokens, raw.argmax(-1)));
+    EXPECT_EQ(tokens[2].item<int64_t>(), 7);
+    auto expected = raw.gather(1, tokens.unsqueeze(1)).squeeze(1) - at::logsumexp(raw, {1});
+    EXPECT_TRUE(at::allclose(logprobs, expected, 1e-5, 1e-5)) << logprobs << expected;
+    auto with_nan = logits.clone();
+    with_nan[4][3] = std::numeric_limits<float>::quiet_NaN();
+    EXPECT_FALSE(greedy_pick_decode(with_nan).first.defined());  // ATen's argmax picks the NaN: fall back
   }
 }

@@ -8,6 +8,7 @@
 #include <c10/util/BFloat16.h>
 
 #include "dschat/sdk/nn/skinny_linear.h"
+#include "avx512_exp.h"
 
 #include <cmath>
 #include <type_traits>
@@ -100,7 +101,29 @@ DSCHAT_AVX512_BF16 void rotary_rows(const T* x, const T* cos, const T* sin, T* o
         }
       }
 }
+
+// HF's SwiGLU: silu(gate) * up, silu(g) = g / (1 + exp(-g)) in fp32 rounded to T, then the product rounded to T.
+template <typename T>
+DSCHAT_AVX512_BF16 void silu_mul_rows(const T* gate, const T* up, T* out, int64_t n) {
+  const __m512 one = _mm512_set1_ps(1.0f);
+  const __m512i sign = _mm512_set1_epi32(static_cast<int>(0x80000000u));
+  for (int64_t i = 0; i < n; i += 16) {
+    const __m512 g = load16(gate + i);
+    const __m512 neg_g = _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(g), sign));
+    const __m512 silu = round_to<T>(_mm512_div_ps(g, _mm512_add_ps(one, detail::exp16(neg_g))));
+    store16(out + i, _mm512_mul_ps(silu, load16(up + i)));
+  }
+}
 #endif
+
+template <typename T>
+at::Tensor silu_mul_as(const at::Tensor& gate, const at::Tensor& up) {
+  auto out = at::empty_like(gate);
+#ifdef DSCHAT_DECODE_OPS
+  silu_mul_rows<T>(gate.data_ptr<T>(), up.data_ptr<T>(), out.data_ptr<T>(), gate.numel());
+#endif
+  return out;
+}
 
 template <typename T>
 at::Tensor rms_norm_as(const at::Tensor& x, const at::Tensor& weight, double eps) {
@@ -132,6 +155,13 @@ at::Tensor rms_norm_decode(const at::Tensor& x, const at::Tensor& weight, double
   const int64_t D = x.size(-1);
   if (D == 0 || D % 16 != 0 || weight.size(0) != D) return {};
   return x.scalar_type() == at::kFloat ? rms_norm_as<float>(x, weight, eps) : rms_norm_as<BF16>(x, weight, eps);
+}
+
+at::Tensor silu_mul_decode(const at::Tensor& gate, const at::Tensor& up) {
+  if (!applies(gate, {&up}) || gate.sizes() != up.sizes() || !gate.is_contiguous() || !up.is_contiguous())
+    return {};
+  if (gate.numel() % 16 != 0) return {};
+  return gate.scalar_type() == at::kFloat ? silu_mul_as<float>(gate, up) : silu_mul_as<BF16>(gate, up);
 }
 
 at::Tensor rotary_decode(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {

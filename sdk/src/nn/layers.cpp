@@ -94,6 +94,9 @@ GatedMlpImpl::GatedMlpImpl(GatedMlpOptions options) : activation_(options.activa
 
 at::Tensor GatedMlpImpl::forward(const at::Tensor& x) {
   auto gate_up = forward_group(x, {gate_proj.get(), up_proj.get()});
+  if (activation_ == Activation::silu) {  // a decode step: one pass instead of silu, mul and their allocations
+    if (auto fused = silu_mul_decode(gate_up[0], gate_up[1]); fused.defined()) return down_proj->forward(fused);
+  }
   return down_proj->forward(activate(gate_up[0], activation_) * gate_up[1]);
 }
 
