@@ -117,6 +117,10 @@ int command_validate(const std::vector<std::string>& args, bool run, bool dry_ru
   auto loaded = load_reporting(*vm, registry);
   if (!loaded) return kExitUsage;
   const Pipeline& pipeline = *loaded;
+  if (auto refusal = tensor_parallel_refusal(pipeline)) {
+    std::cerr << "error: " << *refusal << "\n";
+    return kExitUsage;
+  }
   if (!vm->count("no-memory-check") && !fits_in_memory(pipeline, /*print_summary=*/!run)) return kExitUsage;
   if (!run) {
     std::cout << "ok: " << (*vm)["file"].as<std::string>() << " is valid\n" << pipeline.describe();

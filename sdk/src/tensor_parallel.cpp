@@ -196,11 +196,14 @@ void restructure(CausalLM& shard, const SplitMap& splits, Communicator& group, b
 
 void copy_slices(CausalLM& shard, const ModelFamily& family, CausalLM& full, bool first);
 
+bool is_adapter(const std::string& name) {  // the shard carries none: they are folded into the slices
+  return name.ends_with(".lora_right_weight") || name.ends_with(".lora_left_weight");
+}
+
 }  // namespace
 
-std::shared_ptr<CausalLM> make_tensor_parallel_shard(const ModelFamily& family, CausalLM& full,
-                                                     Communicator& group, const TensorParallelShardOptions& options) {
-  const int64_t size = group.size();
+void check_tensor_parallel_layout(const ModelFamily& family, const CausalLM& full, int64_t size,
+                                  const TensorParallelShardOptions& options) {
   TORCH_CHECK(full.tensor_parallel().size == 1, "make_tensor_parallel_shard: the model is already a shard (rank ",
               full.tensor_parallel().rank, " of ", full.tensor_parallel().size, ")");
   TORCH_CHECK(full.model_type() == family.model_type(), "make_tensor_parallel_shard: a '", full.model_type(),
@@ -211,7 +214,6 @@ std::shared_ptr<CausalLM> make_tensor_parallel_shard(const ModelFamily& family, 
   TORCH_CHECK(dims.num_kv_heads % size == 0, "tensor parallelism over ", size, " ranks needs num_kv_heads (",
               dims.num_kv_heads, " key/value heads) to be a multiple of ", size);
   const auto spec = family.tensor_parallel_spec(full);
-  const SplitMap splits(spec.begin(), spec.end());
   const auto full_params = full.named_parameters();
   if (options.trainable) {
     for (const auto& item : full_params) {
@@ -219,9 +221,6 @@ std::shared_ptr<CausalLM> make_tensor_parallel_shard(const ModelFamily& family, 
                   "adapters ('", item.key(), "'): set lora_dim = 0, or train with a data-parallel strategy");
     }
   }
-  auto is_adapter = [](const std::string& name) {  // the shard carries none: they are folded into the slices
-    return name.ends_with(".lora_right_weight") || name.ends_with(".lora_left_weight");
-  };
   for (const auto& [name, split] : spec) {
     if (split == TensorSplit::replicated || is_adapter(name)) continue;
     const auto& tensor = full_params[name];
@@ -231,6 +230,15 @@ std::shared_ptr<CausalLM> make_tensor_parallel_shard(const ModelFamily& family, 
                 dim == 0 ? "output" : "input", " features: the feed-forward width for fc1/up/down, vocab_size for "
                 "lm_head), which is not a multiple of ", size);
   }
+}
+
+std::shared_ptr<CausalLM> make_tensor_parallel_shard(const ModelFamily& family, CausalLM& full,
+                                                     Communicator& group, const TensorParallelShardOptions& options) {
+  const int64_t size = group.size();
+  check_tensor_parallel_layout(family, full, size, options);
+  const auto spec = family.tensor_parallel_spec(full);
+  const SplitMap splits(spec.begin(), spec.end());
+  const auto full_params = full.named_parameters();
 
   // A fresh model of the family, weights left unset (every one is overwritten by its slice below), on the CPU in
   // fp32: the slices bring full's device and dtype with them.

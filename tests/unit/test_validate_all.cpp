@@ -217,6 +217,48 @@ model = "small"
   EXPECT_EQ(result.output.find("Backtrace"), std::string::npos) << result.output;
 }
 
+// A tensor-parallel layout that does not divide the model is found by validate (the launcher's world size is the
+// default tp_size), not when the stage starts.
+TEST(ValidateAll, TensorParallelLayoutThatDoesNotDivideIsRefused) {
+  const fs::path folder = kOut / "two-heads";
+  fs::remove_all(folder);
+  fs::create_directories(folder);
+  auto config = nlohmann::json::parse(std::ifstream(kModel + "/config.json"));
+  config["num_attention_heads"] = 2;
+  std::ofstream(folder / "config.json") << config.dump(2);
+  fs::copy_file(kModel + "/tokenizer.json", folder / "tokenizer.json");
+  auto file = write("tp-two-heads.toml", fmt::format(R"([pipeline]
+name = "tp-two-heads"
+
+[models.actor]
+path = "{0}"
+init = "random"
+
+[data]
+datasets = ["{1}"]
+max_seq_len = 96
+max_prompt_seq_len = 32
+
+[strategy]
+plugin = "tp"
+
+[[stage]]
+name = "sft"
+algorithm = "sft"
+model = "actor"
+)",
+                                                     folder.string(), kData));
+  auto refused = run_dschat("validate " + file.string(), "WORLD_SIZE=4 RANK=0");
+  EXPECT_EQ(refused.exit_code, 2) << refused.output;
+  EXPECT_NE(refused.output.find("stage sft: strategy 'tp' cannot split role 'model' (actor): tensor parallelism over "
+                                "4 ranks needs num_heads (2 attention heads) to be a multiple of 4"),
+            std::string::npos) << refused.output;
+  EXPECT_EQ(refused.output.find("Backtrace"), std::string::npos) << refused.output;
+  // Over 2 ranks the same model divides.
+  auto accepted = run_dschat("validate " + file.string(), "WORLD_SIZE=2 RANK=0");
+  EXPECT_EQ(accepted.exit_code, 0) << accepted.output;
+}
+
 TEST(ValidateAll, PpoWithoutGenerationIsRefused) {
   auto file = write("ppo.toml", fmt::format(R"([pipeline]
 name = "ppo"

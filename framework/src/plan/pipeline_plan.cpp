@@ -12,6 +12,7 @@
 #include "dschat/framework/pipeline.h"
 #include "dschat/sdk/device.h"
 #include "dschat/sdk/generation.h"
+#include "dschat/sdk/tensor_parallel.h"
 
 namespace dschat {
 
@@ -54,6 +55,19 @@ ModelShape shape_of(const ModelSpec& spec) {
   return s;
 }
 
+// The stage's algorithm's description of the models it holds and the phases it runs.
+MemoryNeeds memory_needs_of(const Pipeline& pipeline, const StageSpec& stage) {
+  MemoryNeedsContext context;
+  context.max_seq_len = pipeline.data.max_seq_len;
+  context.max_prompt_seq_len = pipeline.data.max_prompt_seq_len;
+  if (stage.generator) context.max_new_tokens = stage.generator->defaults().max_new_tokens;
+  try {
+    return stage.algorithm->memory_needs(context);
+  } catch (const std::exception& e) {
+    throw std::runtime_error(fmt::format("stage {}: the algorithm's memory needs: {}", stage.name, e.what()));
+  }
+}
+
 }  // namespace
 
 PipelinePlan plan_pipeline(const Pipeline& pipeline, const PlanOptions& options) {
@@ -87,16 +101,7 @@ PipelinePlan plan_pipeline(const Pipeline& pipeline, const PlanOptions& options)
   const int64_t runtime = plan.on_gpu ? 0 : static_cast<int64_t>(resident_bytes());
   std::map<std::string, ModelShape> shapes;  // by folder and dtype: a stage chain reuses its root's shape
   for (const auto& stage : pipeline.stages) {
-    MemoryNeedsContext context;
-    context.max_seq_len = pipeline.data.max_seq_len;
-    context.max_prompt_seq_len = pipeline.data.max_prompt_seq_len;
-    if (stage.generator) context.max_new_tokens = stage.generator->defaults().max_new_tokens;
-    MemoryNeeds needs;
-    try {
-      needs = stage.algorithm->memory_needs(context);
-    } catch (const std::exception& e) {
-      throw std::runtime_error(fmt::format("stage {}: the algorithm's memory needs: {}", stage.name, e.what()));
-    }
+    const MemoryNeeds needs = memory_needs_of(pipeline, stage);
     if (!needs.described()) {
       plan.undescribed.push_back(stage.name);
       continue;
@@ -206,6 +211,29 @@ std::optional<std::string> plan_refusal(const PipelinePlan& plan) {
   }
   if (out.empty()) return std::nullopt;
   return out;
+}
+
+// A tensor-parallel strategy cuts each model it trains: a layout that does not divide (SmolLM2's 9 heads over 2
+// ranks) is found here, from models built untouched, rather than when the stage starts.
+std::optional<std::string> tensor_parallel_refusal(const Pipeline& pipeline) {
+  for (const auto& stage : pipeline.stages) {
+    const int64_t tp_size = stage.strategy.strategy->tensor_parallel_size();
+    if (tp_size <= 1) continue;
+    for (const auto& use : memory_needs_of(pipeline, stage).models) {
+      if (!use.trained) continue;
+      const std::string role = use.role.empty() ? use.name : use.role;
+      auto it = stage.roles.find(role);
+      if (it == stage.roles.end()) continue;  // the memory plan reports it
+      const ModelSpec& spec = root_model(pipeline, it->second);
+      try {
+        check_tensor_parallel_layout(*spec.family, *build_untouched(spec), tp_size, {.trainable = true});
+      } catch (const c10::Error& e) {
+        return fmt::format("stage {}: strategy '{}' cannot split role '{}' ({}): {}", stage.name,
+                           stage.strategy.plugin, role, it->second, e.what_without_backtrace());
+      }
+    }
+  }
+  return std::nullopt;
 }
 
 }  // namespace dschat

@@ -41,4 +41,9 @@ nlohmann::json plan_json(const PipelinePlan& plan);
 // make it fit); nullopt when every stage fits.
 std::optional<std::string> plan_refusal(const PipelinePlan& plan);
 
+// Why a tensor-parallel stage cannot cut one of the models it trains over its tp_size ranks (heads, feed-forward
+// width or a split head's vocabulary that does not divide); nullopt when every one divides. validate and run
+// check it before any work, with or without the memory check.
+std::optional<std::string> tensor_parallel_refusal(const Pipeline& pipeline);
+
 }  // namespace dschat

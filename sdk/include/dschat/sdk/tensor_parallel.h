@@ -48,6 +48,12 @@ DSCHAT_SDK_API std::shared_ptr<CausalLM> make_tensor_parallel_shard(const ModelF
                                                                     Communicator& group,
                                                                     const TensorParallelShardOptions& options = {});
 
+// The checks make_tensor_parallel_shard starts with, on their own: that `full` (a model of `family`, weights
+// not needed: a model built untouched will do) can be cut over `size` ranks. Throws c10::Error naming what does
+// not divide; `dschat validate` and `run` call it per trained model before any work starts.
+DSCHAT_SDK_API void check_tensor_parallel_layout(const ModelFamily& family, const CausalLM& full, int64_t size,
+                                                 const TensorParallelShardOptions& options = {});
+
 // Copies this rank's slices of `full`'s current weights into `shard` (in place; LoRA folded in whether or not
 // it is fused), e.g. at the start of every rollout. `full` must be the model (or an identically shaped one) the
 // shard was made from.
