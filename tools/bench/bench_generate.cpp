@@ -8,6 +8,8 @@
 // prompts' input_ids / attention_mask, and once more with a single new token (prefill + one pick) so the script
 // can split off the decode time. Prints one JSON line:
 //   {"min_ms", "median_ms", "prefill_ms", "tokens": [[...], ...]}   (times: best / median over ITERATIONS)
+// DSCHAT_BENCH_PROFILE=FILE also writes a chrome trace (LibTorch's profiler) of the timed runs' ATen ops: what
+// a decode step spends outside dschat's kernels.
 #include <dlfcn.h>
 
 #include <algorithm>
@@ -15,6 +17,9 @@
 #include <iostream>
 
 #include <ATen/Parallel.h>
+#include <torch/csrc/autograd/profiler_legacy.h>
+#include <cstdlib>
+#include <memory>
 #include <nlohmann/json.hpp>
 
 #include "dschat/sdk/config_document.h"
@@ -96,7 +101,11 @@ int main(int argc, char** argv) try {
     return ms;
   };
   const double prefill_ms = time(1).front();
+  std::unique_ptr<torch::autograd::profiler::RecordProfile> profile;
+  if (const char* path = std::getenv("DSCHAT_BENCH_PROFILE"))  // a chrome trace of the timed runs' ATen ops
+    profile = std::make_unique<torch::autograd::profiler::RecordProfile>(std::string(path));
   auto ms = time(new_tokens);
+  profile.reset();
   auto answers = sequences.narrow(1, ids.size(1), sequences.size(1) - ids.size(1)).contiguous();
   std::vector<std::vector<int64_t>> tokens;
   for (int64_t r = 0; r < answers.size(0); ++r) {

@@ -2,8 +2,9 @@
 //   scores[h, s] = scale * q[b, h] . k[b, h / G, s] + bias[b, h, s]        (fp32; 16 positions per reduction)
 //   probs[h] = softmax(scores[h])                                          (in the task's buffer, exp16)
 //   out[b, h] = sum_s probs[h, s] v[b, h / G, s]                           (fp32 sums held in registers)
-// all in one parallel region, the bias read in its own dtype: against three regions with at::softmax and a bias
-// converted to fp32 between them, SmolLM2-135M bf16 at batch 8 spent ~20 us less per layer (Zen 4, 2 threads).
+// all in one parallel region, the bias read in its own dtype. Three regions with at::softmax and a bias converted
+// to fp32 between them cost ~15 us a layer outside the two loops (SmolLM2-135M bf16, batch 8, LibTorch's
+// profiler, Zen 4); with the fused SwiGLU product and greedy pick, batch-8 decode went 488 -> 529 tok/s.
 // A task is one (batch row, kv head) and its G query heads, whose keys and values (S x D) stay in L1/L2 while
 // they read them, so the cache streams from DRAM once; at batch 1 a task is one query head, so that every thread
 // has work. Against one horizontal sum per q.k and one load-add-store of the sums per value row (the previous
@@ -119,7 +120,8 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) void scores_avx5
 __attribute__((target("avx512f"))) void softmax_avx512(float* p, int64_t S) {
   const __m512 lowest = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
   __m512 max_v = lowest;  // lanes past S keep -inf, so they never raise the max
-  for (int64_t s = 0; s < S; s += 16) max_v = _mm512_max_ps(max_v, _mm512_mask_loadu_ps(lowest, mask16(S - s), p + s));
+  for (int64_t s = 0; s < S; s += 16)
+    max_v = _mm512_max_ps(max_v, _mm512_mask_loadu_ps(lowest, mask16(S - s), p + s));
   max_v = _mm512_set1_ps(_mm512_reduce_max_ps(max_v));
   __m512 sum_v = _mm512_setzero_ps();
   for (int64_t s = 0; s < S; s += 16) {
